@@ -1,0 +1,189 @@
+"""Per-element statistics of a layer's output over a dataset.
+
+Statistics are merged batch by batch with Chan's parallel formula, in float64,
+with a count per element, so that masked-out positions (padding) can be left
+out and no Python loop ever runs over samples.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .hooks import features_at, preserved_state
+from .io import atomic_path
+from .validation import batch_inputs, check_finite, model_device
+
+__all__ = ["Moments", "batch_moments", "merge_moments", "FeatureStats", "estimate_stats"]
+
+
+@dataclass
+class Moments:
+    """Running sums of one layer's output, per element.
+
+    Attributes:
+        count: number of samples seen at each element.
+        mean: mean at each element.
+        m2: sum of squared deviations from ``mean``.
+        nonzero: number of samples with a non-zero value.
+        sumsq: sum of squared values (for the half-Gaussian estimate).
+    """
+
+    count: Tensor
+    mean: Tensor
+    m2: Tensor
+    nonzero: Tensor
+    sumsq: Tensor
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def batch_moments(x: Tensor, mask: Tensor | None = None) -> Moments:
+    """Moments of a batch ``x`` of shape ``(N, *shape)`` over its first dimension.
+
+    ``mask`` (broadcastable to ``x``, 1 = count, 0 = ignore) leaves elements out.
+    """
+    dtype = _accumulator_dtype(x.device)
+    x = x.detach().to(dtype)
+    w = torch.ones_like(x) if mask is None else mask.to(dtype).expand_as(x)
+    count = w.sum(0)
+    mean = (w * x).sum(0) / count.clamp_min(1)
+    m2 = (w * (x - mean) ** 2).sum(0)
+    nonzero = (w * (x != 0)).sum(0)
+    sumsq = (w * x * x).sum(0)
+    return Moments(count, mean, m2, nonzero, sumsq)
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """Merge two sets of moments as if their samples had been seen together."""
+    count = a.count + b.count
+    delta = b.mean - a.mean
+    frac_b = b.count / count.clamp_min(1)
+    mean = a.mean + delta * frac_b
+    m2 = a.m2 + b.m2 + delta * delta * a.count * frac_b
+    return Moments(count, mean, m2, a.nonzero + b.nonzero, a.sumsq + b.sumsq)
+
+
+@dataclass
+class FeatureStats:
+    """Estimated noise distribution of a layer: what the bottleneck adds.
+
+    Attributes:
+        mean: ``(*shape)`` per-element mean (zero for the ReLU variant).
+        std: ``(*shape)`` per-element std, ``>= min_std``.
+        active: ``(*shape)`` float 0/1, 1 where more than ``active_threshold``
+            of the samples were non-zero.
+        n_samples: number of samples the estimate used.
+        relu: whether the half-Gaussian (ReLU) variant was used.
+    """
+
+    mean: Tensor
+    std: Tensor
+    active: Tensor
+    n_samples: int
+    relu: bool = False
+
+    @classmethod
+    def from_moments(cls, m: Moments, n_samples: int, relu: bool = False,
+                     min_std: float = 0.01, active_threshold: float = 0.01) -> "FeatureStats":
+        """Finish an estimate: std, the ReLU variant and the active mask."""
+        if relu:
+            mean = torch.zeros_like(m.mean)
+            std = torch.sqrt(m.sumsq.clamp_min(1e-5) / m.nonzero.clamp_min(1))
+        else:
+            mean = m.mean
+            std = torch.sqrt(m.m2 / (m.count - 1).clamp_min(1))
+        active = (m.nonzero / m.count.clamp_min(1) > active_threshold).float()
+        return cls(mean.float(), std.clamp_min(min_std).float(), active, n_samples, relu)
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of one sample's feature map."""
+        return self.mean.shape
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "FeatureStats":
+        """A copy on another device (and dtype)."""
+        kw = {"device": device, "dtype": dtype or self.mean.dtype}
+        return FeatureStats(self.mean.to(**kw), self.std.to(**kw), self.active.to(**kw),
+                            self.n_samples, self.relu)
+
+    def state_dict(self) -> dict:
+        """Plain tensors and numbers, loadable with ``weights_only=True``."""
+        return {"mean": self.mean.cpu(), "std": self.std.cpu(), "active": self.active.cpu(),
+                "n_samples": self.n_samples, "relu": self.relu}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics to ``path`` atomically (temporary file, then rename)."""
+        with atomic_path(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "FeatureStats":
+        """Read statistics written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is not a statistics file or is corrupt.
+        """
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise ValueError(f"cannot read feature statistics from {path}: {err}") from err
+        keys = {"mean", "std", "active", "n_samples", "relu"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise ValueError(f"{path} is not a feature-statistics file (expected keys {sorted(keys)})")
+        mean, std, active = state["mean"], state["std"], state["active"]
+        if not (mean.shape == std.shape == active.shape):
+            raise ValueError(f"{path} is corrupt: mean, std and active differ in shape")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError(f"{path} is corrupt: non-finite mean or non-positive std")
+        return cls(mean, std, active, int(state["n_samples"]), bool(state["relu"]))
+
+
+def estimate_stats(model: nn.Module, layer: nn.Module, loader: Iterable, n_samples: int = 1000,
+                   relu: bool = False, min_std: float = 0.01, active_threshold: float = 0.01,
+                   layer_name: str = "layer", progress: bool = False) -> FeatureStats:
+    """Estimate a layer's :class:`FeatureStats` over the inputs a loader yields.
+
+    The forward pass stops at ``layer``. Batches are moved to the model's
+    device; the last one is cut so that exactly ``n_samples`` are used when the
+    loader holds that many.
+
+    Raises:
+        ValueError: the loader yields no samples, or non-finite inputs.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be positive, got {n_samples}")
+    device = model_device(model)
+    moments: Moments | None = None
+    seen = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_samples, desc="estimate", unit="sample")
+    try:
+        with torch.no_grad(), preserved_state(model):
+            for batch in loader:
+                x = batch_inputs(batch)[: n_samples - seen].to(device)
+                if x.shape[0] == 0:
+                    continue
+                check_finite(x, "estimation inputs")
+                m = batch_moments(features_at(model, layer, x, layer_name))
+                moments = m if moments is None else merge_moments(moments, m)
+                seen += x.shape[0]
+                if bar is not None:
+                    bar.update(x.shape[0])
+                if seen >= n_samples:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    if moments is None:
+        raise ValueError("the loader yielded no samples to estimate the feature statistics from")
+    return FeatureStats.from_moments(moments, seen, relu, min_std, active_threshold)

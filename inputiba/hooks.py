@@ -1,0 +1,132 @@
+"""Finding layers, hooking them, and leaving the user's model as it was found.
+
+All hooks of the library are registered through :func:`forward_hooks`, which
+removes them in ``finally``; :func:`preserved_state` puts the model in eval
+mode with frozen parameters for a call and restores both afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .validation import MODEL_ERRORS, rejected_input
+
+__all__ = [
+    "resolve_layer",
+    "forward_hooks",
+    "preserved_state",
+    "features_at",
+    "LayerNotReached",
+]
+
+Hook = Callable[[nn.Module, tuple, object], object]
+
+
+class LayerNotReached(RuntimeError):
+    """The model's forward pass finished without calling the hooked layer."""
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward pass early, carrying the output."""
+
+    def __init__(self, output: object):
+        super().__init__()
+        self.output = output
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """Return ``(dotted_name, module)`` for a layer given by name or object.
+
+    Raises:
+        ValueError: the name is unknown (close names are listed), or the
+            module is not part of ``model``.
+        TypeError: ``layer`` is neither a string nor a module.
+    """
+    names = dict(model.named_modules())
+    if isinstance(layer, str):
+        if layer in names and layer != "":
+            return layer, names[layer]
+        close = difflib.get_close_matches(layer, [n for n in names if n], n=5, cutoff=0.5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ValueError(f"model {type(model).__name__} has no layer named {layer!r}{hint}")
+    if isinstance(layer, nn.Module):
+        for name, module in names.items():
+            if module is layer and name:
+                return name, module
+        raise ValueError(
+            f"the given {type(layer).__name__} module is not a submodule of model {type(model).__name__}")
+    raise TypeError(f"layer must be a dotted name or an nn.Module, got {type(layer).__name__}")
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks: list[tuple[nn.Module, Hook]]) -> Iterator[None]:
+    """Register forward hooks for the duration of a ``with`` block.
+
+    Every handle is removed when the block ends, also when it raises.
+    """
+    handles = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, eval_mode: bool = True,
+                    freeze: bool = True) -> Iterator[nn.Module]:
+    """Run a block with the model in eval mode and its parameters frozen.
+
+    Freezing means no parameter gradient is computed or stored, and no
+    activation is kept for one. Each module's train/eval flag and each
+    parameter's ``requires_grad`` are restored afterwards, also on error.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p, _ in flags:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+def features_at(model: nn.Module, layer: nn.Module, inputs: Tensor,
+                layer_name: str = "layer") -> Tensor:
+    """Run ``model`` on ``inputs`` only up to ``layer`` and return its output.
+
+    The forward pass is cut off by an exception raised in the layer's hook, so
+    nothing after the layer is computed.
+
+    Raises:
+        LayerNotReached: the forward pass never called ``layer``.
+        TypeError: the layer's output is not a tensor.
+        ValueError: the model failed on ``inputs`` before reaching the layer.
+    """
+    def stop(module, args, output):
+        raise _StopForward(output)
+
+    try:
+        with forward_hooks([(layer, stop)]):
+            model(inputs)
+    except _StopForward as stopped:
+        out = stopped.output
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"layer {layer_name!r} returns {type(out).__name__}, not a tensor") from None
+        return out
+    except MODEL_ERRORS as err:
+        raise rejected_input(model, inputs, err) from err
+    raise LayerNotReached(f"the forward pass of {type(model).__name__} never called layer {layer_name!r}")

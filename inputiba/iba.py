@@ -1,0 +1,400 @@
+"""The per-sample feature bottleneck (IBA, Schulz et al., ICLR 2020).
+
+A bottleneck at a hidden layer replaces the layer's output ``R`` by
+``Z = lam * R + (1 - lam) * eps``, ``eps ~ N(mu_R, sigma_R^2)``, and optimises
+``lam = blur(sigmoid(alpha))`` per input so that the classifier keeps its
+decision while as little information as possible passes. The information per
+element is the capacity of :func:`inputiba.bottleneck.kl_capacity`.
+
+All inputs of a call are optimised together: each has its own ``alpha`` and
+its own noisy copies, and since the loss is a sum of per-input terms and Adam
+works per element, the result for one input does not depend on the others.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
+from .estimation import FeatureStats, estimate_stats
+from .hooks import LayerNotReached, forward_hooks, preserved_state, resolve_layer
+from .validation import check_finite, model_device, resolve_targets, run_model
+
+__all__ = ["IBAConfig", "IBAResult", "IBA"]
+
+LossFn = Callable[[Tensor, object], Tensor]
+
+
+@dataclass
+class IBAConfig:
+    """Settings of the per-sample bottleneck; the defaults are the published ones.
+
+    Attributes:
+        beta: weight of the information term, which is a mean over the feature
+            elements (``beta = 10`` is the paper's ``10 / k``).
+        steps: Adam steps per input.
+        lr: Adam learning rate.
+        n_copies: noisy copies of each input per step (the paper's batch of 10).
+        init_alpha: initial logit of the mask (5 gives ``lam ≈ 0.993``).
+        min_std: lower bound of the estimated feature std.
+        sigma: std, in feature-map elements, of the Gaussian blur of the mask;
+            0 turns smoothing off.
+        relu: estimate a half-Gaussian noise with zero mean (for layers that
+            follow a ReLU) and clamp the noisy features at 0.
+        active_threshold: an element is active when more than this fraction of
+            the estimation samples were non-zero there; inactive elements are
+            zeroed and carry no information.
+        max_batch: inputs optimised together at most (each with ``n_copies``
+            rows); larger calls are split into chunks of this size.
+        copies_at_layer: make the noisy copies at the layer, so that the
+            network before it runs once per input instead of once per copy.
+            Used only where a check shows it gives the same outputs (see
+            :meth:`IBA._can_expand`); ``False`` always copies the input.
+    """
+
+    beta: float = 10.0
+    steps: int = 10
+    lr: float = 1.0
+    n_copies: int = 10
+    init_alpha: float = 5.0
+    min_std: float = 0.01
+    sigma: float = 1.0
+    relu: bool = False
+    active_threshold: float = 0.01
+    max_batch: int = 8
+    copies_at_layer: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "n_copies", "max_batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("beta", "sigma", "min_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class IBAResult:
+    """Everything one :meth:`IBA.attribute` call computed, per input.
+
+    Attributes:
+        saliency: ``(B, H, W)`` bits per pixel at input resolution, or ``None``
+            when the layer's output is not a ``(C, h, w)`` map.
+        capacity: ``(B, *feature_shape)`` information per element, nats.
+        lam: ``(B, *feature_shape)`` final mask ``blur(sigmoid(alpha))``.
+        alpha: ``(B, *feature_shape)`` final mask logits.
+        targets: ``(B,)`` class explained, or ``None`` with a custom loss.
+        losses: ``(steps, B)`` total loss of each input at each step.
+    """
+
+    saliency: Tensor | None
+    capacity: Tensor
+    lam: Tensor
+    alpha: Tensor
+    targets: Tensor | None
+    losses: Tensor = field(repr=False)
+
+
+class IBA:
+    """Per-sample information bottleneck at one layer of a model.
+
+    Example::
+
+        iba = IBA(model, layer="features.17")
+        iba.estimate(loader, n_samples=1000)
+        heat = iba.attribute(x, target=y)      # (B, H, W), bits per pixel
+
+    The layer is hooked only while a method runs. During :meth:`estimate` and
+    :meth:`attribute` the model is put in eval mode with frozen parameters;
+    modes, ``requires_grad`` flags and hooks are restored afterwards, also
+    when an exception is raised, and no parameter ``.grad`` is written.
+
+    Args:
+        model: the classifier to explain.
+        layer: dotted module name (``"features.17"``) or the module itself.
+        config: an :class:`IBAConfig`; keyword arguments override its fields.
+        stats: previously estimated :class:`FeatureStats`.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module, config: IBAConfig | None = None,
+                 stats: FeatureStats | None = None, **overrides) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        known = {f.name for f in fields(IBAConfig)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown IBA settings {sorted(unknown)}; known: {sorted(known)}")
+        self.model = model
+        self.layer_name, self.layer = resolve_layer(model, layer)
+        self.config = replace(config or IBAConfig(), **overrides)
+        self.stats = stats
+        self._last_lam: Tensor | None = None
+        self._expand_ok: dict[bool, bool] = {}
+
+    # ------------------------------------------------------------------ statistics
+    def estimate(self, loader: Iterable, n_samples: int = 1000, progress: bool = False) -> FeatureStats:
+        """Estimate the layer's noise distribution over the inputs a loader yields.
+
+        Args:
+            loader: yields input tensors or ``(inputs, targets)`` pairs.
+            n_samples: number of samples to use (fewer if the loader ends first).
+            progress: show a progress bar.
+
+        Returns:
+            The :class:`FeatureStats`, also kept in ``self.stats``.
+        """
+        cfg = self.config
+        self.stats = estimate_stats(self.model, self.layer, loader, n_samples, relu=cfg.relu,
+                                    min_std=cfg.min_std, active_threshold=cfg.active_threshold,
+                                    layer_name=self.layer_name, progress=progress)
+        return self.stats
+
+    def save_stats(self, path: str | os.PathLike) -> None:
+        """Write the estimated statistics to ``path`` (atomically)."""
+        self._require_stats().save(path)
+
+    def load_stats(self, path: str | os.PathLike) -> FeatureStats:
+        """Read statistics written by :meth:`save_stats` (``weights_only`` load)."""
+        self.stats = FeatureStats.load(path)
+        return self.stats
+
+    def _require_stats(self) -> FeatureStats:
+        if self.stats is None:
+            raise RuntimeError("IBA has no feature statistics: call estimate(loader) or load_stats(path) first")
+        return self.stats
+
+    # ------------------------------------------------------------------ attribution
+    def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
+                  loss_fn: LossFn | None = None, seed: int | None = None,
+                  return_result: bool = False) -> Tensor | IBAResult:
+        """Explain each input with its own bottleneck.
+
+        Args:
+            inputs: ``(B, ...)`` batch the model accepts (e.g. ``(B, C, H, W)``).
+            target: class to explain: ``None`` for the predicted class, an int
+                for all inputs, or one index per input.
+            loss_fn: replaces the cross-entropy for other tasks. Called as
+                ``loss_fn(outputs, targets)`` on the model's outputs for the
+                ``B * n_copies`` noisy rows (the copies of input ``b`` are rows
+                ``b * n_copies`` to ``(b + 1) * n_copies - 1``), with ``target``
+                repeated the same way when it is a tensor with ``B`` rows and
+                passed unchanged otherwise. Must return a ``(B * n_copies,)``
+                loss per row.
+            seed: seed of the bottleneck noise, for reproducible maps.
+            return_result: return an :class:`IBAResult` instead of the map.
+
+        Returns:
+            ``(B, H, W)`` float tensor, bits per pixel, on the model's device;
+            or an :class:`IBAResult` when ``return_result`` is true.
+        """
+        stats = self._require_stats()
+        if not isinstance(inputs, Tensor) or inputs.dim() < 2:
+            raise ValueError("inputs must be a batched tensor of shape (B, ...)")
+        if inputs.shape[0] == 0:
+            raise ValueError("inputs hold no samples (batch size 0)")
+        if self.config.sigma > 0 and len(stats.shape) != 3:
+            raise ValueError(
+                f"smoothing needs a (C, h, w) feature map but layer {self.layer_name!r} gives "
+                f"{tuple(stats.shape)}; use sigma=0")
+        check_finite(inputs)
+        device = model_device(self.model)
+        inputs = inputs.to(device)
+        step = self.config.max_batch
+        parts = []
+        with preserved_state(self.model):
+            for start in range(0, inputs.shape[0], step):
+                sl = slice(start, start + step)
+                part_target = _slice_target(target, sl, inputs.shape[0], loss_fn is not None)
+                parts.append(self._attribute_chunk(inputs[sl], part_target, loss_fn, seed, stats))
+        result = _concat_results(parts)
+        self._last_lam = result.lam
+        if return_result:
+            return result
+        if result.saliency is None:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives features of shape {tuple(stats.shape)}, not a "
+                "(C, h, w) map; use return_result=True for the per-element capacity")
+        return result.saliency
+
+    def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: int | None,
+                         stats: FeatureStats) -> IBAResult:
+        cfg = self.config
+        B, S = x.shape[0], cfg.n_copies
+        features, logits = self._clean_pass(x)
+        if features.shape[1:] != stats.shape:
+            raise ValueError(
+                f"layer {self.layer_name!r} gives features of shape {tuple(features.shape[1:])} for "
+                f"inputs of shape {tuple(x.shape[1:])}, but the statistics were estimated for "
+                f"{tuple(stats.shape)}; estimate them at this input size")
+        if loss_fn is None:
+            targets = resolve_targets(target, logits, B, x.device)
+            rep_targets = targets.repeat_interleave(S)
+        else:
+            targets = None
+            rep_targets = (target.repeat_interleave(S, dim=0)
+                           if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == B
+                           else target)
+        st = stats.to(x.device, features.dtype)
+        r = (features - st.mean) / st.std
+        expand = self._can_expand(x, features, logits, S)
+        model_inputs = x if expand else x.repeat_interleave(S, dim=0)
+        rep_features = features.repeat_interleave(S, dim=0)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(seed)
+
+        alpha = torch.full_like(features, cfg.init_alpha).requires_grad_(True)
+        optimizer = torch.optim.Adam([alpha], lr=cfg.lr)
+        losses = []
+        current: dict[str, Tensor] = {}
+
+        def bottleneck(module, args, output):
+            lam = current["lam"].repeat_interleave(S, dim=0)
+            noise = torch.randn(rep_features.shape, generator=generator, device=x.device,
+                                dtype=rep_features.dtype)
+            z = noisy_features(rep_features, lam, st.mean, st.std, noise) * st.active
+            return z.clamp_min(0) if st.relu else z
+
+        with forward_hooks([(self.layer, bottleneck)]):
+            for _ in range(cfg.steps):
+                lam = self._mask(alpha)
+                current["lam"] = lam
+                out = self.model(model_inputs)
+                per_row = _per_row_loss(out, rep_targets, loss_fn, B * S)
+                info = kl_capacity(lam, r, st.active).flatten(1).mean(1)
+                per_input = per_row.view(B, S).mean(1) + cfg.beta * info
+                (grad,) = torch.autograd.grad(per_input.sum(), alpha)
+                alpha.grad = grad
+                optimizer.step()
+                losses.append(per_input.detach())
+
+        with torch.no_grad():
+            lam = self._mask(alpha)
+            capacity = kl_capacity(lam, r, st.active)
+        saliency = capacity_to_saliency(capacity, tuple(x.shape[-2:])) if capacity.dim() == 4 else None
+        return IBAResult(saliency, capacity, lam, alpha.detach(), targets, torch.stack(losses))
+
+    def _mask(self, alpha: Tensor) -> Tensor:
+        return smooth_mask(torch.sigmoid(alpha), self.config.sigma)
+
+    def _clean_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One forward pass without bottleneck: the layer's features and the outputs."""
+        captured = {}
+
+        def grab(module, args, output):
+            captured["features"] = output
+
+        with torch.no_grad(), forward_hooks([(self.layer, grab)]):
+            logits = run_model(self.model, x)
+        if "features" not in captured:
+            raise LayerNotReached(
+                f"the forward pass of {type(self.model).__name__} never called layer {self.layer_name!r}")
+        features = captured["features"]
+        if not isinstance(features, Tensor):
+            raise TypeError(f"layer {self.layer_name!r} returns {type(features).__name__}, not a tensor")
+        return features.detach(), logits
+
+    def _can_expand(self, x: Tensor, features: Tensor, logits: Tensor, S: int) -> bool:
+        """Whether the noisy copies can be made at the layer instead of at the input.
+
+        Then the network before the layer runs once per input rather than once
+        per copy. This holds when nothing after the layer reads a tensor from
+        before it with the batch's row count (e.g. a skip connection around the
+        layer). The check: the copies made at the layer, without noise, must
+        reproduce the clean outputs exactly. The answer is kept per model and
+        layer, separately for batches of one.
+        """
+        if not self.config.copies_at_layer:
+            return False
+        key = x.shape[0] == 1
+        if key in self._expand_ok:
+            return self._expand_ok[key]
+        if S == 1 or not isinstance(logits, Tensor):
+            ok = S == 1
+        else:
+            def copies(module, args, output):
+                return features.repeat_interleave(S, dim=0)
+
+            try:
+                with torch.no_grad(), forward_hooks([(self.layer, copies)]):
+                    out = self.model(x)
+                ok = (isinstance(out, Tensor) and out.shape[0] == x.shape[0] * S
+                      and torch.allclose(out, logits.repeat_interleave(S, dim=0), rtol=1e-4, atol=1e-5))
+            except Exception:
+                ok = False
+        self._expand_ok[key] = ok
+        return ok
+
+    # ------------------------------------------------------------------ restricting the flow
+    @contextlib.contextmanager
+    def restrict_flow(self, lam: Tensor | float | None = None) -> Iterator[None]:
+        """Run the model with the bottleneck in place for the ``with`` block.
+
+        Args:
+            lam: mask to apply, broadcastable to the layer's ``(B, *shape)``
+                output; ``None`` uses the masks of the last :meth:`attribute`
+                call (the batch must then have the same size).
+
+        The bottleneck draws fresh noise at every forward pass. The hook is
+        removed when the block ends, also on error.
+        """
+        stats = self._require_stats()
+        if lam is None:
+            if self._last_lam is None:
+                raise RuntimeError("restrict_flow() needs lam, or a previous attribute() call")
+            lam = self._last_lam
+        lam = torch.as_tensor(lam)
+
+        def bottleneck(module, args, output):
+            st = stats.to(output.device, output.dtype)
+            mask = lam.to(output.device, output.dtype)
+            if mask.dim() == output.dim() and mask.shape[0] not in (1, output.shape[0]):
+                raise ValueError(f"the mask is for {mask.shape[0]} inputs but the batch has {output.shape[0]}")
+            z = noisy_features(output, mask, st.mean, st.std, torch.randn_like(output)) * st.active
+            return z.clamp_min(0) if st.relu else z
+
+        with forward_hooks([(self.layer, bottleneck)]):
+            yield
+
+
+def _slice_target(target, sl: slice, batch_size: int, custom_loss: bool):
+    """The part of ``target`` that belongs to the inputs in ``sl``."""
+    if target is None or isinstance(target, (int, bool)):
+        return target
+    if isinstance(target, Tensor):
+        if target.dim() > 0 and target.shape[0] == batch_size:
+            return target[sl]
+        return target
+    if not custom_loss and isinstance(target, Sequence) and len(target) == batch_size:
+        return list(target)[sl]
+    return target
+
+
+def _per_row_loss(out, targets, loss_fn: LossFn | None, rows: int) -> Tensor:
+    if loss_fn is None:
+        return F.cross_entropy(out, targets, reduction="none")
+    loss = loss_fn(out, targets)
+    if not isinstance(loss, Tensor) or loss.shape != (rows,):
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return one loss per noisy row, shape ({rows},); got {shape}")
+    return loss
+
+
+def _concat_results(parts: list[IBAResult]) -> IBAResult:
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name, dim=0):
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values, dim=dim)
+
+    return IBAResult(cat("saliency"), cat("capacity"), cat("lam"), cat("alpha"), cat("targets"),
+                     cat("losses", dim=1))

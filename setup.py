@@ -1,0 +1,4 @@
+"""Installation of inputiba; the metadata lives in pyproject.toml."""
+from setuptools import setup
+
+setup()
