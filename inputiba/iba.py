@@ -290,7 +290,8 @@ class IBA:
         captured = {}
 
         def grab(module, args, output):
-            captured["features"] = output
+            # a copy: an in-place op after the layer (VGG's ReLU(inplace=True)) would change it
+            captured["features"] = output.clone() if isinstance(output, Tensor) else output
 
         with torch.no_grad(), forward_hooks([(self.layer, grab)]):
             logits = run_model(self.model, x)
@@ -300,7 +301,7 @@ class IBA:
         features = captured["features"]
         if not isinstance(features, Tensor):
             raise TypeError(f"layer {self.layer_name!r} returns {type(features).__name__}, not a tensor")
-        return features.detach(), logits
+        return features, logits
 
     def _can_expand(self, x: Tensor, features: Tensor, logits: Tensor, S: int) -> bool:
         """Whether the noisy copies can be made at the layer instead of at the input.

@@ -246,3 +246,20 @@ def test_layer_never_reached_is_reported(image_loader):
     iba = IBA(model, "spare")
     with pytest.raises(LayerNotReached, match="'spare'"):
         iba.estimate(image_loader)
+
+
+def test_an_in_place_relu_after_the_layer_does_not_alter_the_features(image_loader):
+    # torchvision's VGG16 follows features.17 with ReLU(inplace=True)
+    def build(inplace):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(inplace=inplace),
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 16 * 16, 3)).eval()
+
+    x = torch.randn(2, 3, 16, 16)
+    heats = []
+    for inplace in (False, True):
+        iba = IBA(build(inplace), "0")
+        iba.estimate(image_loader, n_samples=20)
+        res = iba.attribute(x, seed=0, return_result=True)
+        heats.append(res.saliency)
+    torch.testing.assert_close(heats[1], heats[0])
