@@ -22,25 +22,40 @@ __all__ = [
 ]
 
 
-def kl_capacity(lam: Tensor, r: Tensor, active: Tensor | None = None) -> Tensor:
+def kl_capacity(lam: Tensor, r: Tensor, active: Tensor | None = None,
+                prior: Tensor | None = None) -> Tensor:
     """Per-element information passed by the bottleneck, in nats.
 
-    ``KL( N(lam * r, (1 - lam)^2) || N(0, 1) )`` where ``r = (R - mu) / sigma``
-    is the feature map standardised by its estimated statistics. The value does
-    not depend on the noise sample.
+    Without a prior: ``KL( N(lam * r, (1 - lam)^2) || N(0, 1) )``, where
+    ``r = (R - mu) / sigma`` is the feature map standardised by its estimated
+    statistics. With a prior mask ``m`` (InputIBA's input stage, the GAN's
+    ``lambda_G``) the reference is the bottleneck with mask ``m * lam``:
+
+        v = (1 - lam)^2 / (1 - m lam)^2,   u = lam (1 - m) r / (1 - m lam)
+        KL = -1/2 (1 + log v - u^2 - v)
+
+    ``m = 0`` gives the plain capacity; ``m -> 1`` makes information free.
+    The value does not depend on the noise sample.
 
     Args:
         lam: mask in ``[0, 1]``, broadcastable against ``r``.
         r: standardised features, any shape.
         active: optional 0/1 mask of elements that carry signal; inactive
             elements are given zero capacity.
+        prior: optional prior mask ``m`` in ``[0, 1]``, broadcastable.
 
     Returns:
-        Tensor of the broadcast shape of ``lam`` and ``r``, nats, ``>= 0``.
+        Tensor of the broadcast shape, nats, ``>= 0``.
     """
     one_minus = (1.0 - lam).clamp_min(1e-12)
-    var = one_minus * one_minus
-    kl = -0.5 * (1.0 + torch.log(var) - (lam * r) ** 2 - var)
+    if prior is None:
+        log_v = 2.0 * torch.log(one_minus)
+        u = lam * r
+    else:
+        denom = (1.0 - prior * lam).clamp_min(1e-12)
+        log_v = 2.0 * (torch.log(one_minus) - torch.log(denom))
+        u = lam * (1.0 - prior) * r / denom
+    kl = -0.5 * (1.0 + log_v - u * u - torch.exp(log_v))
     if active is not None:
         kl = kl * active
     return kl

@@ -89,3 +89,30 @@ def test_capacity_to_saliency_units_and_total_bits():
 def test_capacity_to_saliency_rejects_non_spatial():
     with pytest.raises(ValueError, match="B, C, h, w"):
         capacity_to_saliency(torch.rand(2, 10), (4, 4))
+
+
+def test_kl_with_a_zero_prior_is_the_plain_capacity_and_vanishes_as_the_prior_opens():
+    g = torch.Generator().manual_seed(2)
+    lam = torch.rand(2, 3, 6, 6, generator=g) * 0.98 + 0.01
+    r = torch.randn(2, 3, 6, 6, generator=g)
+    plain = kl_capacity(lam, r)
+    torch.testing.assert_close(kl_capacity(lam, r, prior=torch.zeros_like(lam)), plain)
+    previous = plain
+    for m in (0.5, 0.9, 0.99, 0.999):
+        kl = kl_capacity(lam, r, prior=torch.full_like(lam, m))
+        assert (kl <= previous + 1e-6).all()
+        previous = kl
+    assert previous.max() < 1e-2 * plain.max()
+    assert kl_capacity(lam, r, prior=torch.ones_like(lam)).abs().max() < 1e-6
+
+
+def test_kl_with_a_prior_matches_torch_distributions():
+    g = torch.Generator().manual_seed(3)
+    lam = torch.rand(50, generator=g) * 0.98 + 0.01
+    m = torch.rand(50, generator=g)
+    r = torch.randn(50, generator=g)
+    # the reference bottleneck with mask m*lam, standardised so that it is N(0, 1) under the prior
+    scale = 1 - m * lam
+    posterior = Normal(lam * (1 - m) * r / scale, (1 - lam) / scale)
+    expected = kl_divergence(posterior, Normal(torch.zeros(50), torch.ones(50)))
+    torch.testing.assert_close(kl_capacity(lam, r, prior=m), expected, rtol=1e-5, atol=1e-6)
