@@ -59,7 +59,7 @@ class _Stops(nn.Module):
         self.second = nn.Linear(3, 2)
 
     def forward(self, x):
-        h = self.first(x)
+        self.first(x)
         raise AssertionError("the forward pass should have stopped at the layer")
 
 
