@@ -10,7 +10,6 @@ import contextlib
 import difflib
 from typing import Callable, Iterator
 
-import torch
 from torch import Tensor, nn
 
 from .validation import MODEL_ERRORS, rejected_input
@@ -18,6 +17,7 @@ from .validation import MODEL_ERRORS, rejected_input
 __all__ = [
     "resolve_layer",
     "forward_hooks",
+    "replaced",
     "preserved_state",
     "features_at",
     "LayerNotReached",
@@ -76,6 +76,26 @@ def forward_hooks(hooks: list[tuple[nn.Module, Hook]]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def replaced(module: nn.Module, where: str, make: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Replace a module's output (``where="output"``) or first input (``"input"``).
+
+    ``make`` receives the original tensor and returns its replacement, which
+    may have more rows (noisy copies). The hook is removed when the block ends.
+    """
+    if where == "output":
+        with forward_hooks([(module, lambda m, args, out: make(out))]):
+            yield
+        return
+    if where != "input":
+        raise ValueError(f"where must be 'input' or 'output', got {where!r}")
+    handle = module.register_forward_pre_hook(lambda m, args: (make(args[0]),) + tuple(args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 
 from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
-from .hooks import LayerNotReached, forward_hooks, preserved_state, resolve_layer
+from .hooks import LayerNotReached, forward_hooks, preserved_state, replaced, resolve_layer
 from .validation import check_finite, model_device, resolve_targets, run_model
 
-__all__ = ["IBAConfig", "IBAResult", "IBA"]
+__all__ = ["IBAConfig", "IBAResult", "IBA", "BottleneckFit", "fit_bottleneck", "row_loss_for"]
 
 LossFn = Callable[[Tensor, object], Tensor]
 
@@ -234,56 +234,14 @@ class IBA:
                 f"layer {self.layer_name!r} gives features of shape {tuple(features.shape[1:])} for "
                 f"inputs of shape {tuple(x.shape[1:])}, but the statistics were estimated for "
                 f"{tuple(stats.shape)}; estimate them at this input size")
-        if loss_fn is None:
-            targets = resolve_targets(target, logits, B, x.device)
-            rep_targets = targets.repeat_interleave(S)
-        else:
-            targets = None
-            rep_targets = (target.repeat_interleave(S, dim=0)
-                           if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == B
-                           else target)
-        st = stats.to(x.device, features.dtype)
-        r = (features - st.mean) / st.std
+        targets, row_loss = row_loss_for(target, logits, loss_fn, B, S)
         expand = self._can_expand(x, features, logits, S)
-        model_inputs = x if expand else x.repeat_interleave(S, dim=0)
-        rep_features = features.repeat_interleave(S, dim=0)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=x.device).manual_seed(seed)
-
-        alpha = torch.full_like(features, cfg.init_alpha).requires_grad_(True)
-        optimizer = torch.optim.Adam([alpha], lr=cfg.lr)
-        losses = []
-        current: dict[str, Tensor] = {}
-
-        def bottleneck(module, args, output):
-            lam = current["lam"].repeat_interleave(S, dim=0)
-            noise = torch.randn(rep_features.shape, generator=generator, device=x.device,
-                                dtype=rep_features.dtype)
-            z = noisy_features(rep_features, lam, st.mean, st.std, noise) * st.active
-            return z.clamp_min(0) if st.relu else z
-
-        with forward_hooks([(self.layer, bottleneck)]):
-            for _ in range(cfg.steps):
-                lam = self._mask(alpha)
-                current["lam"] = lam
-                out = self.model(model_inputs)
-                per_row = _per_row_loss(out, rep_targets, loss_fn, B * S)
-                info = kl_capacity(lam, r, st.active).flatten(1).mean(1)
-                per_input = per_row.view(B, S).mean(1) + cfg.beta * info
-                (grad,) = torch.autograd.grad(per_input.sum(), alpha)
-                alpha.grad = grad
-                optimizer.step()
-                losses.append(per_input.detach())
-
-        with torch.no_grad():
-            lam = self._mask(alpha)
-            capacity = kl_capacity(lam, r, st.active)
-        saliency = capacity_to_saliency(capacity, tuple(x.shape[-2:])) if capacity.dim() == 4 else None
-        return IBAResult(saliency, capacity, lam, alpha.detach(), targets, torch.stack(losses))
-
-    def _mask(self, alpha: Tensor) -> Tensor:
-        return smooth_mask(torch.sigmoid(alpha), self.config.sigma)
+        fit = fit_bottleneck(
+            self.model, self.layer, "output", features, x if expand else x.repeat_interleave(S, dim=0),
+            stats, cfg, row_loss, seed=seed)
+        saliency = (capacity_to_saliency(fit.capacity, tuple(x.shape[-2:]))
+                    if fit.capacity.dim() == 4 else None)
+        return IBAResult(saliency, fit.capacity, fit.lam, fit.alpha, targets, fit.losses)
 
     def _clean_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """One forward pass without bottleneck: the layer's features and the outputs."""
@@ -366,6 +324,95 @@ class IBA:
             yield
 
 
+@dataclass
+class BottleneckFit:
+    """Result of :func:`fit_bottleneck`, per input.
+
+    Attributes:
+        alpha: ``(B, *shape)`` final mask logits.
+        lam: ``(B, *shape)`` final mask ``blur(sigmoid(alpha))``.
+        capacity: ``(B, *shape)`` information per element, nats.
+        losses: ``(steps, B)`` total loss of each input at each step.
+    """
+
+    alpha: Tensor
+    lam: Tensor
+    capacity: Tensor
+    losses: Tensor
+
+
+def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Tensor,
+                   model_inputs: Tensor, stats: FeatureStats, config: IBAConfig,
+                   row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,
+                   seed: int | None = None) -> BottleneckFit:
+    """Optimise one bottleneck mask per input; the loop both IBA stages share.
+
+    The bottleneck replaces ``module``'s output (``where="output"``, a hidden
+    layer) or its first input (``"input"``, e.g. the model's image input) by
+    ``n_copies`` noisy copies per input, ``Z = lam * R + (1 - lam) * eps``.
+    The loss of input ``b`` is the mean of ``row_loss`` over its copies plus
+    ``beta`` times the mean capacity; the sum over inputs is minimised with
+    Adam, which works per element, so the inputs do not influence each other.
+
+    Args:
+        model: the model, in the state it should run in (eval, frozen).
+        module: where the bottleneck goes.
+        where: ``"output"`` or ``"input"`` of ``module``.
+        features: ``(B, *shape)`` the clean values ``R`` at that point.
+        model_inputs: what ``model`` is called with: ``B`` rows when the
+            copies can be made at the bottleneck, else ``B * n_copies``.
+        stats: noise mean/std and active mask, each ``(*shape)``.
+        config: steps, lr, beta, n_copies, init_alpha, sigma.
+        row_loss: maps the model's outputs for the ``B * n_copies`` rows (the
+            copies of input ``b`` are rows ``b * n_copies ...``) to a
+            ``(B * n_copies,)`` loss.
+        prior: optional ``(B, *shape)`` prior mask for the capacity
+            (see :func:`inputiba.bottleneck.kl_capacity`).
+        seed: seed of the noise.
+
+    Returns:
+        A :class:`BottleneckFit`.
+    """
+    B, S = features.shape[0], config.n_copies
+    device = features.device
+    st = stats.to(device, features.dtype)
+    r = (features - st.mean) / st.std
+    rep_features = features.repeat_interleave(S, dim=0)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+
+    def mask(alpha: Tensor) -> Tensor:
+        return smooth_mask(torch.sigmoid(alpha), config.sigma)
+
+    alpha = torch.full_like(features, config.init_alpha).requires_grad_(True)
+    optimizer = torch.optim.Adam([alpha], lr=config.lr)
+    current: dict[str, Tensor] = {}
+    losses = []
+
+    def bottleneck(original: Tensor) -> Tensor:
+        noise = torch.randn(rep_features.shape, generator=generator, device=device,
+                            dtype=rep_features.dtype)
+        lam = current["lam"].repeat_interleave(S, dim=0)
+        z = noisy_features(rep_features, lam, st.mean, st.std, noise) * st.active
+        return z.clamp_min(0) if st.relu else z
+
+    with replaced(module, where, bottleneck):
+        for _ in range(config.steps):
+            lam = mask(alpha)
+            current["lam"] = lam
+            per_row = row_loss(model(model_inputs))
+            info = kl_capacity(lam, r, st.active, prior).flatten(1).mean(1)
+            per_input = per_row.view(B, S).mean(1) + config.beta * info
+            (grad,) = torch.autograd.grad(per_input.sum(), alpha)
+            alpha.grad = grad
+            optimizer.step()
+            losses.append(per_input.detach())
+
+    with torch.no_grad():
+        lam = mask(alpha)
+        capacity = kl_capacity(lam, r, st.active, prior)
+    return BottleneckFit(alpha.detach(), lam, capacity, torch.stack(losses))
+
+
 def _slice_target(target, sl: slice, batch_size: int, custom_loss: bool):
     """The part of ``target`` that belongs to the inputs in ``sl``."""
     if target is None or isinstance(target, (int, bool)):
@@ -379,14 +426,34 @@ def _slice_target(target, sl: slice, batch_size: int, custom_loss: bool):
     return target
 
 
-def _per_row_loss(out, targets, loss_fn: LossFn | None, rows: int) -> Tensor:
+def row_loss_for(target, logits: Tensor, loss_fn: LossFn | None, batch_size: int,
+                 n_copies: int) -> tuple[Tensor | None, Callable[[Tensor], Tensor]]:
+    """The explained classes and the per-row loss of ``n_copies`` copies per input.
+
+    With the default cross-entropy, ``target`` is resolved against ``logits``
+    (``None`` = predicted class) and returned as ``(B,)``. With a custom
+    ``loss_fn`` the classes are ``None`` and ``target`` is repeated per copy
+    when it is a tensor with ``B`` rows (passed unchanged otherwise).
+
+    Returns:
+        ``(targets, row_loss)`` where ``row_loss(outputs)`` is ``(B * n_copies,)``.
+    """
+    rows = batch_size * n_copies
     if loss_fn is None:
-        return F.cross_entropy(out, targets, reduction="none")
-    loss = loss_fn(out, targets)
-    if not isinstance(loss, Tensor) or loss.shape != (rows,):
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"loss_fn must return one loss per noisy row, shape ({rows},); got {shape}")
-    return loss
+        targets = resolve_targets(target, logits, batch_size, logits.device)
+        repeated = targets.repeat_interleave(n_copies)
+        return targets, lambda out: F.cross_entropy(out, repeated, reduction="none")
+    if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == batch_size:
+        target = target.repeat_interleave(n_copies, dim=0)
+
+    def row_loss(out: Tensor) -> Tensor:
+        loss = loss_fn(out, target)
+        if not isinstance(loss, Tensor) or loss.shape != (rows,):
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"loss_fn must return one loss per noisy row, shape ({rows},); got {shape}")
+        return loss
+
+    return None, row_loss
 
 
 def _concat_results(parts: list[IBAResult]) -> IBAResult:

@@ -55,3 +55,21 @@ def test_features_at_returns_the_layer_output_and_names_a_missing_layer(tiny_cnn
     with pytest.raises(LayerNotReached, match="'spare'"):
         features_at(tiny_cnn, tiny_cnn.spare, x, "spare")
     assert not tiny_cnn.features[2]._forward_hooks
+
+
+def test_replaced_swaps_a_modules_input_or_output_and_always_unhooks(tiny_cnn):
+    from inputiba.hooks import replaced
+
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        with replaced(tiny_cnn, "input", lambda inp: inp.repeat(3, 1, 1, 1)):
+            assert tiny_cnn(x).shape == (6, 5)
+        with replaced(tiny_cnn.features[2], "output", torch.zeros_like):
+            torch.testing.assert_close(tiny_cnn(x), tiny_cnn.head(torch.zeros(2, 6, 8, 8)))
+    with pytest.raises(RuntimeError):
+        with replaced(tiny_cnn, "input", lambda inp: inp):
+            raise RuntimeError
+    assert not tiny_cnn._forward_pre_hooks and not tiny_cnn.features[2]._forward_hooks
+    with pytest.raises(ValueError, match="'input' or 'output'"):
+        with replaced(tiny_cnn, "inside", lambda inp: inp):
+            pass
