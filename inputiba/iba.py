@@ -426,12 +426,13 @@ def _slice_target(target, sl: slice, batch_size: int, custom_loss: bool):
     return target
 
 
-def row_loss_for(target, logits: Tensor, loss_fn: LossFn | None, batch_size: int,
-                 n_copies: int) -> tuple[Tensor | None, Callable[[Tensor], Tensor]]:
+def row_loss_for(target, logits: Tensor | None, loss_fn: LossFn | None, batch_size: int,
+                 n_copies: int, device: torch.device | str = "cpu") -> tuple[Tensor | None, Callable]:
     """The explained classes and the per-row loss of ``n_copies`` copies per input.
 
     With the default cross-entropy, ``target`` is resolved against ``logits``
-    (``None`` = predicted class) and returned as ``(B,)``. With a custom
+    (``None`` = predicted class; without logits it must be given) and
+    returned as ``(B,)`` on the logits' device (else ``device``). With a custom
     ``loss_fn`` the classes are ``None`` and ``target`` is repeated per copy
     when it is a tensor with ``B`` rows (passed unchanged otherwise).
 
@@ -440,7 +441,8 @@ def row_loss_for(target, logits: Tensor, loss_fn: LossFn | None, batch_size: int
     """
     rows = batch_size * n_copies
     if loss_fn is None:
-        targets = resolve_targets(target, logits, batch_size, logits.device)
+        targets = resolve_targets(target, logits, batch_size,
+                                  logits.device if logits is not None else device)
         repeated = targets.repeat_interleave(n_copies)
         return targets, lambda out: F.cross_entropy(out, repeated, reduction="none")
     if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == batch_size:

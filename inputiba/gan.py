@@ -1,0 +1,307 @@
+"""InputIBA's second stage: a WGAN that finds an input mask matching the feature bottleneck.
+
+For each input ``x`` the generator has no network, only parameters: mask
+logits ``M`` (input-shaped), and a noise mean ``mu_G`` and std ``sigma_G`` per
+input channel. It produces ``f_l(x_G)``, the features at layer ``l`` of
+
+    x_G = sigmoid(M) * x + (1 - sigmoid(M)) * (sigma_G * u + mu_G),  u ~ N(0, I)
+
+running the network only up to ``l``. The critic tells these from "real"
+samples of the feature bottleneck, ``K * R + (1 - K) * n`` with ``n ~ N(m, s^2)``,
+``m ~ U(-2, 2)``, ``s ~ U(0, 5)``. The result is ``lambda_G = sigmoid(M)``.
+
+Every input of a batch has its own generator parameters and its own critic.
+The critics are one network of grouped convolutions (one group per input), so
+all of them run in one call; the losses are sums of per-input terms and the
+optimisers work per element, so the inputs do not influence each other.
+
+Choices, relative to the original code (REFERENCE.md §3):
+
+- ``K`` is the feature stage's ``lambda = sigmoid(alpha)`` by default, the
+  mask the bottleneck applied; the original used the capacity (nats, not in
+  ``[0, 1]``), available as ``real_mask="capacity"``.
+- The real samples are drawn afresh at each step, ``(m, s)`` per sample,
+  rather than from a fixed set of 200 in 10 sub-sets of 20: the same
+  distribution over ``(m, s)``, without holding 200 feature maps per input.
+- ``M`` starts at ``logit`` of the feature mask averaged over channels and
+  resized to the input (clamped to ``[0.01, 0.99]``); the original used the
+  summed capacity in nats as logits, which saturates the sigmoid.
+- Real and fake samples are scored in one critic call. The original scored
+  them in separate calls, so its BatchNorm normalised each batch to the same
+  statistics and the critic could not tell them apart (its loss stays at 0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hooks import features_at
+
+__all__ = ["GANConfig", "GANResult", "BatchedCritic", "initial_mask_logits", "fit_gan"]
+
+
+@dataclass
+class GANConfig:
+    """Settings of the GAN stage; the defaults are the published ones.
+
+    Attributes:
+        n_samples: real samples per input and epoch.
+        epochs: passes over ``n_samples``.
+        batch_size: samples per input in each step.
+        critic_steps: critic updates per generator update.
+        lr_mask, lr_mean, lr_std: RMSprop learning rates of ``M``, ``mu_G``
+            and ``sigma_G`` (the original's generator optimiser).
+        critic: ``"clip"``, the original critic (BatchNorm, weight clipping,
+            RMSprop), or ``"gp"``, a small critic with gradient penalty (Adam).
+        critic_width: channels of the ``"gp"`` critic.
+        lr_critic: critic learning rate; ``None`` takes 5e-5 for ``"clip"``
+            and 1e-4 for ``"gp"``.
+        clip: weight-clipping bound of the ``"clip"`` critic.
+        gp_weight: weight of the gradient penalty of the ``"gp"`` critic.
+        real_mask: ``"lambda"`` (the feature mask) or ``"capacity"`` (the
+            original's choice) as ``K`` in the real samples.
+        noise_mean_range: ``m ~ U(-range, range)`` of the real samples' noise.
+        noise_std_max: ``s ~ U(0, max)`` of the real samples' noise.
+    """
+
+    n_samples: int = 200
+    epochs: int = 20
+    batch_size: int = 32
+    critic_steps: int = 5
+    lr_mask: float = 0.003
+    lr_mean: float = 0.1
+    lr_std: float = 0.05
+    critic: str = "clip"
+    critic_width: int = 64
+    lr_critic: float | None = None
+    clip: float = 0.01
+    gp_weight: float = 10.0
+    real_mask: str = "lambda"
+    noise_mean_range: float = 2.0
+    noise_std_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.critic not in ("clip", "gp"):
+            raise ValueError(f"critic must be 'clip' or 'gp', got {self.critic!r}")
+        if self.real_mask not in ("lambda", "capacity"):
+            raise ValueError(f"real_mask must be 'lambda' or 'capacity', got {self.real_mask!r}")
+        for name in ("n_samples", "epochs", "batch_size", "critic_steps", "critic_width"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    @property
+    def critic_lr(self) -> float:
+        """The critic's learning rate, with the per-critic default filled in."""
+        if self.lr_critic is not None:
+            return self.lr_critic
+        return 5e-5 if self.critic == "clip" else 1e-4
+
+
+@dataclass
+class GANResult:
+    """What the GAN stage learned, per input.
+
+    Attributes:
+        mask: ``(B, C, H, W)`` ``lambda_G = sigmoid(M)``, in ``[0, 1]``.
+        mean: ``(B, C, 1, 1)`` learned noise mean ``mu_G``.
+        std: ``(B, C, 1, 1)`` learned noise std ``sigma_G``.
+        critic_losses: ``(critic updates, B)`` Wasserstein critic loss.
+        generator_losses: ``(generator updates, B)`` generator loss.
+    """
+
+    mask: Tensor
+    mean: Tensor
+    std: Tensor
+    critic_losses: Tensor = field(repr=False)
+    generator_losses: Tensor = field(repr=False)
+
+
+class BatchedCritic(nn.Module):
+    """``n_critics`` independent critics of ``(C, h, w)`` feature maps in one module.
+
+    Input ``(B, n, C, h, w)``: ``n`` samples for each of ``B = n_critics``
+    inputs; output ``(B, n)`` scores, sample ``[b, j]`` scored by critic ``b``.
+
+    Args:
+        n_critics: number of independent critics (inputs in the batch).
+        channels: ``C`` of the feature maps.
+        kind: ``"clip"``: the original design, three 3x3 convolutions
+            ``C -> 2C -> 4C -> C`` with BatchNorm and LeakyReLU, global average
+            pooling, then ``C -> 256 -> 1``; ``"gp"``: two stride-2 3x3
+            convolutions of ``width`` channels with LeakyReLU, global average
+            pooling, then ``width -> 1``, no normalisation (as WGAN-GP needs).
+        width: channels of the ``"gp"`` critic.
+    """
+
+    def __init__(self, n_critics: int, channels: int, kind: str = "gp", width: int = 64) -> None:
+        super().__init__()
+        self.n_critics = n_critics
+        g, c = n_critics, channels
+
+        def conv(cin, cout, k=3, stride=1):
+            return nn.Conv2d(g * cin, g * cout, k, stride=stride, padding=k // 2, groups=g)
+
+        act = nn.LeakyReLU(0.2)
+        if kind == "clip":
+            self.body = nn.Sequential(
+                conv(c, 2 * c), nn.BatchNorm2d(g * 2 * c), act,
+                conv(2 * c, 4 * c), nn.BatchNorm2d(g * 4 * c), act,
+                conv(4 * c, c), nn.BatchNorm2d(g * c), act)
+            self.head = nn.Sequential(conv(c, 256, k=1), act, conv(256, 1, k=1))
+        elif kind == "gp":
+            self.body = nn.Sequential(conv(c, width, stride=2), act, conv(width, width, stride=2), act)
+            self.head = conv(width, 1, k=1)
+        else:
+            raise ValueError(f"kind must be 'clip' or 'gp', got {kind!r}")
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``(B, n, C, h, w)`` feature maps to ``(B, n)`` scores."""
+        B, n = features.shape[:2]
+        if B != self.n_critics:
+            raise ValueError(f"got samples for {B} inputs, but there are {self.n_critics} critics")
+        x = features.transpose(0, 1).reshape(n, -1, *features.shape[3:])
+        x = self.body(x).mean(dim=(2, 3), keepdim=True)
+        return self.head(x).view(n, B).t()
+
+
+def initial_mask_logits(feature_lam: Tensor, input_shape: tuple[int, ...]) -> Tensor:
+    """Mask logits ``M`` that start at the feature mask, seen at input resolution.
+
+    Args:
+        feature_lam: ``(B, C_f, h, w)`` the feature stage's mask.
+        input_shape: ``(B, C, H, W)`` of the inputs.
+
+    Returns:
+        ``(B, C, H, W)`` logits: ``logit`` of the channel-mean of
+        ``feature_lam``, bilinearly resized and clamped to ``[0.01, 0.99]``.
+    """
+    B, C, H, W = input_shape
+    mean = feature_lam.mean(dim=1, keepdim=True)
+    resized = F.interpolate(mean, size=(H, W), mode="bilinear", align_corners=False)
+    return torch.logit(resized.clamp(0.01, 0.99)).expand(B, C, H, W).contiguous()
+
+
+def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor,
+            feature_mask: Tensor, initial_logits: Tensor, config: GANConfig | None = None,
+            seed: int | None = None, layer_name: str = "layer") -> GANResult:
+    """Train one generator and critic per input; return the input masks ``lambda_G``.
+
+    Args:
+        model: the classifier, in eval mode with frozen parameters.
+        layer: the feature stage's layer; the network runs only up to it.
+        inputs: ``(B, C, H, W)`` inputs.
+        features: ``(B, C_f, h, w)`` clean features ``R`` at ``layer``.
+        feature_mask: ``(B, C_f, h, w)`` ``K`` of the real samples (the
+            feature stage's ``lambda`` or capacity, see ``config.real_mask``).
+        initial_logits: ``(B, C, H, W)`` starting mask logits
+            (:func:`initial_mask_logits`).
+        config: a :class:`GANConfig`.
+        seed: seed of all random draws of the stage.
+        layer_name: for error messages.
+
+    Returns:
+        A :class:`GANResult`.
+    """
+    cfg = config or GANConfig()
+    B, C = inputs.shape[:2]
+    device, dtype = inputs.device, inputs.dtype
+    generator = torch.Generator(device=device)
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+
+    logits = initial_logits.detach().clone().requires_grad_(True)
+    mu = torch.zeros(B, C, 1, 1, device=device, dtype=dtype, requires_grad=True)
+    sigma = torch.ones(B, C, 1, 1, device=device, dtype=dtype, requires_grad=True)
+    gen_params = [logits, mu, sigma]
+    opt_g = torch.optim.RMSprop([{"params": [logits], "lr": cfg.lr_mask},
+                                 {"params": [mu], "lr": cfg.lr_mean},
+                                 {"params": [sigma], "lr": cfg.lr_std}])
+    # the critics' initial weights come from the global generator: seed it
+    # without changing the caller's random state
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        critic = BatchedCritic(B, features.shape[1], cfg.critic, cfg.critic_width).to(device, dtype)
+    critic.train()
+    if cfg.critic == "clip":
+        opt_d = torch.optim.RMSprop(critic.parameters(), lr=cfg.critic_lr)
+    else:
+        opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9))
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator, device=device, dtype=dtype)
+
+    def real_samples(n: int) -> Tensor:
+        m = (2 * rand(B, n, 1, 1, 1) - 1) * cfg.noise_mean_range
+        s = rand(B, n, 1, 1, 1) * cfg.noise_std_max
+        noise = m + s * randn(B, n, *features.shape[1:])
+        K = feature_mask.unsqueeze(1)
+        return K * features.unsqueeze(1) + (1 - K) * noise
+
+    def fake_samples(n: int) -> Tensor:
+        mask = torch.sigmoid(logits).unsqueeze(1)
+        noise = sigma.unsqueeze(1) * randn(B, n, *inputs.shape[1:]) + mu.unsqueeze(1)
+        x_g = mask * inputs.unsqueeze(1) + (1 - mask) * noise
+        out = features_at(model, layer, x_g.flatten(0, 1), layer_name)
+        return out.view(B, n, *out.shape[1:])
+
+    steps_per_epoch = math.ceil(cfg.n_samples / cfg.batch_size)
+    critic_losses, generator_losses = [], []
+    for _ in range(cfg.epochs):
+        for i in range(steps_per_epoch):
+            n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
+            real = real_samples(n)
+            with torch.no_grad():
+                fake = fake_samples(n)
+            fake_score, real_score = _scores(critic, fake, real)
+            loss_d = fake_score.mean(1) - real_score.mean(1)
+            if cfg.critic == "gp":
+                loss_d = loss_d + cfg.gp_weight * _gradient_penalty(critic, real, fake, rand)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.sum().backward()
+            opt_d.step()
+            if cfg.critic == "clip":
+                with torch.no_grad():
+                    for p in critic.parameters():
+                        p.clamp_(-cfg.clip, cfg.clip)
+            critic_losses.append(loss_d.detach())
+
+            if i % cfg.critic_steps == 0:
+                loss_g = -_scores(critic, fake_samples(n), real)[0].mean(1)
+                grads = torch.autograd.grad(loss_g.sum(), gen_params)
+                for p, g in zip(gen_params, grads):
+                    p.grad = g
+                opt_g.step()
+                generator_losses.append(loss_g.detach())
+
+    return GANResult(torch.sigmoid(logits).detach(), mu.detach(), sigma.detach(),
+                     torch.stack(critic_losses), torch.stack(generator_losses))
+
+
+def _scores(critic: BatchedCritic, fake: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    """Critic scores of fake and real samples, computed in one call.
+
+    One call matters for the BatchNorm critic: scored separately, each batch
+    would be normalised to the same statistics, which hides from the critic
+    the very differences between real and fake it has to find.
+    """
+    n = fake.shape[1]
+    scores = critic(torch.cat([fake, real], dim=1))
+    return scores[:, :n], scores[:, n:]
+
+
+def _gradient_penalty(critic: BatchedCritic, real: Tensor, fake: Tensor, rand) -> Tensor:
+    """``(B,)`` WGAN-GP penalty, ``E[(||grad D(x_hat)|| - 1)^2]`` per critic."""
+    eps = rand(*real.shape[:2], *([1] * (real.dim() - 2)))
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(2).norm(dim=2) - 1) ** 2).mean(1)

@@ -1,0 +1,265 @@
+"""InputIBA (Zhang et al., NeurIPS 2021): feature bottleneck -> WGAN -> input bottleneck.
+
+1. The feature stage (:class:`inputiba.iba.IBA`) finds which features at a
+   hidden layer the decision needs.
+2. The GAN stage (:func:`inputiba.gan.fit_gan`) finds an input mask
+   ``lambda_G`` whose induced features look like the bottlenecked ones.
+3. The input stage (:func:`inputiba.input_stage.fit_input_bottleneck`) puts a
+   bottleneck on the input itself, with ``lambda_G`` as its prior, and gives
+   a mask in ``[0, 1]`` at input resolution.
+
+All inputs of a call run through the stages together, each with its own
+masks, generator parameters and critic.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .estimation import FeatureStats
+from .gan import GANConfig, GANResult, fit_gan, initial_mask_logits
+from .hooks import features_at, preserved_state
+from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
+from .input_stage import INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
+from .validation import check_finite, model_device
+
+__all__ = ["PRESETS", "InputIBAConfig", "InputIBAResult", "InputIBA"]
+
+#: Bottleneck layer and feature-stage settings per architecture family
+#: (matched by class name): VGG16's conv4_1 before its ReLU, ResNet-50's
+#: layer2 output with the ReLU (half-Gaussian) estimator.
+PRESETS: dict[str, dict] = {
+    "VGG": {"layer": "features.17"},
+    "ResNet": {"layer": "layer2", "relu": True},
+}
+
+
+def _feature_defaults() -> IBAConfig:
+    return IBAConfig(beta=20.0, sigma=0.0)
+
+
+@dataclass
+class InputIBAConfig:
+    """Settings of the three stages; the defaults are the published (vision) ones.
+
+    Attributes:
+        feature: feature stage (beta 20, no smoothing, 10 steps, lr 1, 10 copies).
+        gan: GAN stage (:class:`inputiba.gan.GANConfig`).
+        input: input stage (beta 20, 60 steps, lr 1, 10 copies, blur sigma 1).
+        max_batch: inputs run through the stages together at most.
+    """
+
+    feature: IBAConfig = field(default_factory=_feature_defaults)
+    gan: GANConfig = field(default_factory=GANConfig)
+    input: IBAConfig = field(default_factory=lambda: replace(INPUT_DEFAULTS))
+    max_batch: int = 8
+
+
+@dataclass
+class InputIBAResult:
+    """The outputs of every stage, per input.
+
+    Attributes:
+        mask: ``(B, H, W)`` the InputIBA attribution, in ``[0, 1]``.
+        feature_map: ``(B, H, W)`` the feature stage's map, bits per pixel.
+        gan_mask: ``(B, C, H, W)`` the GAN's ``lambda_G``, in ``[0, 1]``.
+        targets: ``(B,)`` class explained (``None`` with a custom loss).
+        feature: the feature stage's :class:`~inputiba.iba.IBAResult`.
+        gan: the :class:`~inputiba.gan.GANResult`.
+        input: the input stage's :class:`~inputiba.iba.BottleneckFit`.
+    """
+
+    mask: Tensor
+    feature_map: Tensor
+    gan_mask: Tensor
+    targets: Tensor | None
+    feature: IBAResult = field(repr=False)
+    gan: GANResult = field(repr=False)
+    input: BottleneckFit = field(repr=False)
+
+
+class InputIBA:
+    """Input-resolution attribution of an image classifier, in three stages.
+
+    Example::
+
+        att = InputIBA(model, layer="features.17")
+        att.estimate(loader)
+        mask = att.attribute(x, target=y)          # (B, H, W) in [0, 1]
+        res = att.attribute(x, return_stages=True)  # every stage's output
+
+    Args:
+        model: a classifier taking ``(B, C, H, W)`` images.
+        layer: the feature stage's layer (dotted name or module); ``None``
+            takes the preset of the model's family (:data:`PRESETS`).
+        config: an :class:`InputIBAConfig`.
+        stats: feature statistics estimated earlier for ``layer``.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
+                 config: InputIBAConfig | None = None, stats: FeatureStats | None = None) -> None:
+        self.config = config or InputIBAConfig()
+        feature_cfg = self.config.feature
+        if layer is None:
+            preset = _preset_for(model)
+            layer = preset["layer"]
+            extra = {k: v for k, v in preset.items() if k != "layer"}
+            feature_cfg = replace(feature_cfg, **extra)
+        feature_cfg = replace(feature_cfg, max_batch=max(feature_cfg.max_batch, self.config.max_batch))
+        self.model = model
+        self.feature_iba = IBA(model, layer, feature_cfg, stats=stats)
+
+    @property
+    def layer_name(self) -> str:
+        """Dotted name of the feature stage's layer."""
+        return self.feature_iba.layer_name
+
+    @property
+    def stats(self) -> FeatureStats | None:
+        """The feature statistics (``None`` before :meth:`estimate`)."""
+        return self.feature_iba.stats
+
+    def estimate(self, loader: Iterable, n_samples: int = 1000, progress: bool = False) -> FeatureStats:
+        """Estimate the feature layer's statistics (InputIBA's default: 1000 samples)."""
+        return self.feature_iba.estimate(loader, n_samples, progress)
+
+    def save_stats(self, path: str | os.PathLike) -> None:
+        """Write the feature statistics to ``path`` (atomically)."""
+        self.feature_iba.save_stats(path)
+
+    def load_stats(self, path: str | os.PathLike) -> FeatureStats:
+        """Read feature statistics written by :meth:`save_stats`."""
+        return self.feature_iba.load_stats(path)
+
+    def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
+                  loss_fn: LossFn | None = None, seed: int | None = None,
+                  return_stages: bool = False, progress: bool = False,
+                  log_dir: str | os.PathLike | None = None) -> Tensor | InputIBAResult:
+        """Explain each image at input resolution.
+
+        Args:
+            inputs: ``(B, C, H, W)`` images as the model takes them.
+            target: ``None`` (predicted class), an int, or one index per image.
+            loss_fn: replaces the cross-entropy (see :meth:`IBA.attribute`).
+            seed: seed of every random draw, for reproducible masks.
+            return_stages: return an :class:`InputIBAResult`.
+            progress: show a progress bar over stages and batches.
+            log_dir: write each stage's losses to TensorBoard there.
+
+        Returns:
+            ``(B, H, W)`` masks in ``[0, 1]`` on the model's device, or an
+            :class:`InputIBAResult`.
+        """
+        if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+            raise ValueError("InputIBA explains image batches of shape (B, C, H, W); got "
+                             f"{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+        if inputs.shape[0] == 0:
+            raise ValueError("inputs hold no samples (batch size 0)")
+        check_finite(inputs)
+        self.feature_iba._require_stats()
+        inputs = inputs.to(model_device(self.model))
+        step = self.config.max_batch
+        starts = range(0, inputs.shape[0], step)
+        bar = writer = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=3 * len(starts), desc="InputIBA", unit="stage")
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(os.fspath(log_dir))
+        parts = []
+        try:
+            with preserved_state(self.model):
+                for k, start in enumerate(starts):
+                    sl = slice(start, start + step)
+                    part_target = _slice(target, sl, inputs.shape[0])
+                    chunk_seed = None if seed is None else seed + 3 * k
+                    part = self._attribute_chunk(inputs[sl], part_target, loss_fn, chunk_seed, bar)
+                    if writer is not None:
+                        _log_losses(writer, part, batch=k)
+                    parts.append(part)
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        result = parts[0] if len(parts) == 1 else _concat(parts)
+        return result if return_stages else result.mask
+
+    def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: int | None,
+                         bar) -> InputIBAResult:
+        def stage_seed(i):
+            return None if seed is None else seed + i
+
+        cfg = self.config
+        iba = self.feature_iba
+        feat = iba.attribute(x, target, loss_fn=loss_fn, seed=stage_seed(0), return_result=True)
+        _advance(bar, "feature")
+
+        with torch.no_grad():
+            features = features_at(self.model, iba.layer, x, iba.layer_name)
+        real_mask = feat.lam if cfg.gan.real_mask == "lambda" else feat.capacity
+        gan = fit_gan(self.model, iba.layer, x, features, real_mask,
+                      initial_mask_logits(feat.lam, tuple(x.shape)), cfg.gan,
+                      seed=stage_seed(1), layer_name=iba.layer_name)
+        _advance(bar, "GAN")
+
+        explained = feat.targets if loss_fn is None else target
+        _, row_loss = row_loss_for(explained, None, loss_fn, x.shape[0], cfg.input.n_copies, x.device)
+        fit = fit_input_bottleneck(self.model, x, gan.mask, row_loss, cfg.input, seed=stage_seed(2))
+        _advance(bar, "input")
+        return InputIBAResult(input_attribution(fit), feat.saliency, gan.mask, feat.targets,
+                              feat, gan, fit)
+
+
+def _preset_for(model: nn.Module) -> dict:
+    for cls in type(model).__mro__:
+        for family, preset in PRESETS.items():
+            if cls.__name__.startswith(family):
+                return preset
+    raise ValueError(f"no preset layer for {type(model).__name__}; pass layer= (e.g. layer='features.17')")
+
+
+def _slice(target, sl: slice, batch_size: int):
+    if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == batch_size:
+        return target[sl]
+    if isinstance(target, (list, tuple)) and len(target) == batch_size:
+        return list(target)[sl]
+    return target
+
+
+def _advance(bar, stage: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(stage)
+        bar.update(1)
+
+
+def _log_losses(writer, part: InputIBAResult, batch: int) -> None:
+    """Per-stage losses (mean over the batch's inputs) as TensorBoard scalars."""
+    series = {
+        "feature/loss": part.feature.losses,
+        "gan/critic_loss": part.gan.critic_losses,
+        "gan/generator_loss": part.gan.generator_losses,
+        "input/loss": part.input.losses,
+    }
+    for tag, values in series.items():
+        for step, value in enumerate(values.mean(dim=1).tolist()):
+            writer.add_scalar(f"batch{batch}/{tag}", value, step)
+
+
+def _concat(parts: list[InputIBAResult]) -> InputIBAResult:
+    def cat(values, dim=0):
+        return None if values[0] is None else torch.cat(values, dim=dim)
+
+    feature = IBAResult(*(cat([getattr(p.feature, f) for p in parts], 1 if f == "losses" else 0)
+                          for f in ("saliency", "capacity", "lam", "alpha", "targets", "losses")))
+    gan = GANResult(*(cat([getattr(p.gan, f) for p in parts], 1 if f.endswith("losses") else 0)
+                      for f in ("mask", "mean", "std", "critic_losses", "generator_losses")))
+    fit = BottleneckFit(*(cat([getattr(p.input, f) for p in parts], 1 if f == "losses" else 0)
+                          for f in ("alpha", "lam", "capacity", "losses")))
+    return InputIBAResult(cat([p.mask for p in parts]), cat([p.feature_map for p in parts]),
+                          gan.mask, cat([p.targets for p in parts]), feature, gan, fit)
