@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["atomic_path", "save_npy"]
+T = TypeVar("T")
+
+__all__ = ["atomic_path", "save_npy", "save_npz", "shard", "distributed_rank"]
 
 
 @contextlib.contextmanager
@@ -45,3 +47,26 @@ def save_npy(path: str | os.PathLike, array) -> None:
         array = array.detach().cpu().numpy()
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, np.asarray(array))
+
+
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+    """Save several arrays (or tensors) in one ``.npz`` file, atomically, uncompressed."""
+    plain = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+             for k, v in arrays.items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **plain)
+
+
+def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """The items process ``rank`` of ``world_size`` handles: every ``world_size``-th.
+
+    The shards of all ranks together hold every item exactly once.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+    return list(items[rank::world_size])
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` from the environment ``torchrun`` sets; ``(0, 1)`` alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -14,7 +14,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FashionCNN", "FASHION_CNN_LAYER", "load_state", "pretrained_path", "load_fashion_cnn"]
+__all__ = ["FashionCNN", "FASHION_CNN_LAYER", "load_state", "pretrained_path", "load_fashion_cnn",
+           "build_model", "hub_weights_path", "load_model"]
 
 #: The layer the bottleneck goes at: the first conv of the second block,
 #: before its ReLU, ``(64, 14, 14)`` per image (the analogue of VGG16's
@@ -80,11 +81,28 @@ def load_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise
     except Exception as err:
         raise ValueError(f"cannot read a state dict from {path}: {err}") from err
+    state = _unwrap(state)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     _check_keys(model, state, path)
     model.load_state_dict(state)
     return model
+
+
+def _unwrap(state):
+    """The state dict inside common checkpoint layouts.
+
+    Training scripts often save ``{"state_dict": ...}`` or ``{"model": ...}``,
+    and ``nn.DataParallel`` prefixes every key with ``module.``.
+    """
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping) and len(state) <= 4:
+                state = state[key]
+                break
+        if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def _check_keys(model: nn.Module, state: Mapping[str, Tensor], path: str | os.PathLike) -> None:
@@ -133,4 +151,76 @@ def load_fashion_cnn(path: str | os.PathLike | None = None) -> FashionCNN:
     """
     model = FashionCNN()
     load_state(model, pretrained_path("fashion_mnist_cnn.pt") if path is None else path)
+    return model.eval()
+
+
+def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
+    """An untrained model by architecture name.
+
+    ``"fashion_cnn"`` is the bundled :class:`FashionCNN`; any other name is a
+    torchvision architecture (``"vgg16"``, ``"resnet50"``, ...), built without
+    weights.
+
+    Raises:
+        ValueError: unknown name (close names are listed).
+    """
+    import difflib
+
+    import torchvision
+
+    if arch == "fashion_cnn":
+        return FashionCNN(**({} if num_classes is None else {"num_classes": num_classes}))
+    names = torchvision.models.list_models()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names + ["fashion_cnn"], n=5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown architecture {arch!r}{hint}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def hub_weights_path(arch: str) -> Path:
+    """Where torchvision keeps the default weights of ``arch`` in the torch hub cache.
+
+    Nothing is downloaded: the file must already be there (copy it from a
+    machine that has it, or download it yourself).
+
+    Raises:
+        FileNotFoundError: the file is not in the cache (the path is named).
+        ValueError: torchvision has no weights for ``arch``.
+    """
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"torchvision has no pretrained weights for {arch!r}") from err
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the weights of {arch} are not in the torch hub cache: expected {path} "
+            f"(from {weights.url}); nothing is downloaded at run time")
+    return path
+
+
+def load_model(arch: str, weights: str | os.PathLike | None, num_classes: int | None = None) -> nn.Module:
+    """A model in eval mode, with weights from a local file or the hub cache.
+
+    Args:
+        arch: architecture name (see :func:`build_model`).
+        weights: a state-dict file; ``"hub"`` for torchvision's default
+            weights in the torch hub cache (:func:`hub_weights_path`);
+            ``"bundled"`` for the shipped FashionMNIST weights
+            (``arch="fashion_cnn"``); ``None`` keeps random weights.
+        num_classes: output classes, when not the architecture's default.
+    """
+    model = build_model(arch, num_classes)
+    if weights == "hub":
+        weights = hub_weights_path(arch)
+    elif weights == "bundled":
+        if arch != "fashion_cnn":
+            raise ValueError("weights='bundled' exists only for arch='fashion_cnn'")
+        weights = pretrained_path("fashion_mnist_cnn.pt")
+    if weights is not None:
+        load_state(model, weights)
     return model.eval()

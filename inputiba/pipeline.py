@@ -27,7 +27,7 @@ from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
 from .input_stage import INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
 from .validation import check_finite, model_device
 
-__all__ = ["PRESETS", "InputIBAConfig", "InputIBAResult", "InputIBA"]
+__all__ = ["PRESETS", "preset_for", "InputIBAConfig", "InputIBAResult", "InputIBA"]
 
 #: Bottleneck layer and feature-stage settings per architecture family
 #: (matched by class name): VGG16's conv4_1 before its ReLU, ResNet-50's
@@ -105,7 +105,7 @@ class InputIBA:
         self.config = config or InputIBAConfig()
         feature_cfg = self.config.feature
         if layer is None:
-            preset = _preset_for(model)
+            preset = preset_for(model)
             layer = preset["layer"]
             extra = {k: v for k, v in preset.items() if k != "layer"}
             feature_cfg = replace(feature_cfg, **extra)
@@ -216,7 +216,12 @@ class InputIBA:
                               feat, gan, fit)
 
 
-def _preset_for(model: nn.Module) -> dict:
+def preset_for(model: nn.Module) -> dict:
+    """The :data:`PRESETS` entry of the model's architecture family (by class name).
+
+    Raises:
+        ValueError: no preset matches; the layer must then be given.
+    """
     for cls in type(model).__mro__:
         for family, preset in PRESETS.items():
             if cls.__name__.startswith(family):

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .io import atomic_path
 
-__all__ = ["to_display_image", "plot_saliency_map"]
+__all__ = ["to_display_image", "plot_saliency_map", "plot_panels"]
 
 
 def to_display_image(image: Tensor | np.ndarray) -> np.ndarray:
@@ -78,3 +78,33 @@ def plot_saliency_map(heatmap: Tensor | np.ndarray, image: Tensor | np.ndarray |
             if own:
                 plt.close(fig)
     return ax
+
+
+def plot_panels(image: Tensor | np.ndarray, maps: dict[str, tuple[Tensor | np.ndarray, str]],
+                path: str | os.PathLike, title: str | None = None) -> None:
+    """One row of panels: the image, then each map over it, each with its colorbar.
+
+    Args:
+        image: ``(C, H, W)``/``(H, W, C)``/``(H, W)`` image.
+        maps: panel title -> ``((H, W) map, unit of its colorbar)``.
+        path: PNG file to write (atomically).
+        title: figure title.
+    """
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(4.2 * (1 + len(maps)), 4))
+    try:
+        img = to_display_image(image)
+        axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+        axes[0].set_axis_off()
+        axes[0].set_title("image")
+        for ax, (name, (heat, unit)) in zip(axes[1:], maps.items()):
+            plot_saliency_map(heat, image, ax=ax, title=name, label=unit)
+        if title:
+            fig.suptitle(title)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
