@@ -21,3 +21,22 @@ def test_save_npy_round_trip(tmp_path):
     t = torch.rand(3, 4)
     save_npy(tmp_path / "a" / "m.npy", t)
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "m.npy"), t.numpy())
+
+
+def test_shards_cover_every_item_exactly_once():
+    from inputiba.io import shard
+
+    items = list(range(11))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == items
+    assert parts[1] == [1, 4, 7, 10]
+    with pytest.raises(ValueError, match="not in a world"):
+        shard(items, 3, 3)
+
+
+def test_save_npz_round_trip(tmp_path):
+    from inputiba.io import save_npz
+
+    save_npz(tmp_path / "r.npz", mask=torch.ones(2, 2), target=torch.tensor(3))
+    data = np.load(tmp_path / "r.npz")
+    assert data["mask"].shape == (2, 2) and int(data["target"]) == 3

@@ -140,3 +140,40 @@ def test_fashion_mnist_unpacks_from_the_source(tmp_path):
 def test_fashion_mnist_without_files_says_how_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist(tmp_path / "data", source=tmp_path / "nothing")
+
+
+def test_build_and_load_models_by_name(tmp_path, monkeypatch):
+    from inputiba.models import build_model, hub_weights_path, load_model
+
+    with pytest.raises(ValueError, match="unknown architecture 'resnet05'.*resnet50"):
+        build_model("resnet05")
+    model = build_model("resnet18", num_classes=3)
+    # checkpoints saved by training scripts: nested and DataParallel-prefixed
+    nested = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}
+    torch.save(nested, tmp_path / "ckpt.pth")
+    loaded = load_model("resnet18", tmp_path / "ckpt.pth", num_classes=3)
+    assert not loaded.training
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(FileNotFoundError, match="not in the torch hub cache.*resnet18"):
+        hub_weights_path("resnet18")
+    with pytest.raises(ValueError, match="only for arch='fashion_cnn'"):
+        load_model("resnet18", "bundled")
+    assert load_model("fashion_cnn", "bundled")(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_weights_found_in_the_torch_hub_cache_load_without_download(tmp_path, monkeypatch):
+    import torchvision
+
+    from inputiba.models import hub_weights_path, load_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    torch.save(reference.state_dict(), cached)
+    assert hub_weights_path("resnet18") == cached
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(load_model("resnet18", "hub")(x), reference(x))
