@@ -20,5 +20,5 @@ demo: setup
 	$(PY) -m inputiba demo
 
 test: setup
-	$(PY) -m ruff check --select F,E9 inputiba tests pretrained vision nlp benchmarks
+	$(PY) -m ruff check --select F,E9 .
 	$(PY) -m pytest
