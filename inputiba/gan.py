@@ -129,11 +129,14 @@ class BatchedCritic(nn.Module):
     Args:
         n_critics: number of independent critics (inputs in the batch).
         channels: ``C`` of the feature maps.
-        kind: ``"clip"``: the original design, three 3x3 convolutions
-            ``C -> 2C -> 4C -> C`` with BatchNorm and LeakyReLU, global average
-            pooling, then ``C -> 256 -> 1``; ``"gp"``: two stride-2 3x3
-            convolutions of ``width`` channels with LeakyReLU, global average
-            pooling, then ``width -> 1``, no normalisation (as WGAN-GP needs).
+        kind: ``"clip"``: the original design, three stride-2 3x3
+            convolutions ``C -> 2C -> 4C -> C`` with BatchNorm and LeakyReLU,
+            global average pooling, then ``C -> 256 -> 1`` (33M parameters
+            for ``C = 512``); ``"gp"``: two stride-2 3x3 convolutions of
+            ``width`` channels with LeakyReLU, global average pooling, then
+            ``width -> 1``, no normalisation (as WGAN-GP needs; 0.3M
+            parameters for ``C = 512``). Stride 2 with padding 1 works for
+            feature maps of any size.
         width: channels of the ``"gp"`` critic.
     """
 
@@ -148,9 +151,9 @@ class BatchedCritic(nn.Module):
         act = nn.LeakyReLU(0.2)
         if kind == "clip":
             self.body = nn.Sequential(
-                conv(c, 2 * c), nn.BatchNorm2d(g * 2 * c), act,
-                conv(2 * c, 4 * c), nn.BatchNorm2d(g * 4 * c), act,
-                conv(4 * c, c), nn.BatchNorm2d(g * c), act)
+                conv(c, 2 * c, stride=2), nn.BatchNorm2d(g * 2 * c), act,
+                conv(2 * c, 4 * c, stride=2), nn.BatchNorm2d(g * 4 * c), act,
+                conv(4 * c, c, stride=2), nn.BatchNorm2d(g * c), act)
             self.head = nn.Sequential(conv(c, 256, k=1), act, conv(256, 1, k=1))
         elif kind == "gp":
             self.body = nn.Sequential(conv(c, width, stride=2), act, conv(width, width, stride=2), act)
