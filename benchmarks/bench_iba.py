@@ -27,15 +27,12 @@ Run::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import platform
-import threading
 import time
 from dataclasses import dataclass
 
 import torch
 import torchvision
+from common import PeakMemory, load_average, machine_info, random_images, sync
 
 from inputiba import IBA, FeatureStats
 
@@ -55,113 +52,23 @@ class Row:
     ref_sec_per_img: float
 
 
-class PeakMemory:
-    """Peak memory rise, in MiB, over a ``with`` block (``.mib`` after the block).
-
-    On CPU a thread samples the resident set size from ``/proc/self/statm``,
-    because ``ru_maxrss`` never goes down and so cannot show a later, smaller peak.
-    Memory that an earlier run freed is first handed back to the system
-    (glibc's ``malloc_trim``), or the allocator would reuse it unseen.
-    """
-
-    def __init__(self, device: torch.device, interval: float = 0.02):
-        self.device = device
-        self.interval = interval
-        self.mib = 0.0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            _trim_heap()
-            self._start = _rss_bytes()
-            self._peak = self._start
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._peak, _rss_bytes())
-        self.mib = (peak - self._start) / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_bytes())
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _load() -> str:
-    # Other processes share the cores; the load shows how much they took.
-    return "load average (1/5/15 min): " + " ".join(f"{v:.1f}" for v in os.getloadavg())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: torch.device) -> str:
-    parts = [f"CPU: {cpu_model()} ({os.cpu_count()} logical cores)",
-             f"torch {torch.__version__}, torchvision {torchvision.__version__}",
-             f"threads: {torch.get_num_threads()}", f"device: {device}", _load()]
-    if device.type == "cuda":
-        parts.append(f"GPU: {torch.cuda.get_device_name(device)}")
-    return "; ".join(parts)
-
-
-def random_images(n: int, size: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=generator)
-
-
 def time_estimation(model: torch.nn.Module, size: int, n_samples: int,
                     device: torch.device) -> tuple[FeatureStats, float]:
     """Estimate the layer's statistics from random normal images; returns them and the seconds."""
     images = random_images(n_samples, size, seed=1)
     loader = images.split(8)
     iba = IBA(model, LAYER)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     stats = iba.estimate(loader, n_samples)
-    _sync(device)
+    sync(device)
     return stats, time.perf_counter() - start
 
 
 def warm_up(model: torch.nn.Module, stats: FeatureStats, size: int, device: torch.device) -> None:
     """One short attribution so that lazy initialisation stays out of the figures."""
     IBA(model, LAYER, stats=stats, steps=1).attribute(random_images(1, size, seed=2).to(device), seed=0)
-    _sync(device)
+    sync(device)
 
 
 def time_attribution(model: torch.nn.Module, stats: FeatureStats, images: torch.Tensor, batch: int,
@@ -173,7 +80,7 @@ def time_attribution(model: torch.nn.Module, stats: FeatureStats, images: torch.
         start = time.perf_counter()
         for chunk in images.split(batch):
             iba.attribute(chunk, seed=0)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - start
     return seconds / images.shape[0], memory.mib
 
@@ -231,7 +138,7 @@ def main() -> None:
             print(f"{size}px copies at layer, batch {batch}: {sec:.2f} s/image, {mib:.0f} MiB", flush=True)
 
     table = markdown_table(rows)
-    load = f"at the end, {_load()}"
+    load = f"at the end, {load_average()}"
     print(f"\n{load}\n\n{table}")
     if args.out:
         with open(args.out, "w") as f:

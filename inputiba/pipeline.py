@@ -14,6 +14,7 @@ masks, generator parameters and critic.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
@@ -71,6 +72,8 @@ class InputIBAResult:
         feature: the feature stage's :class:`~inputiba.iba.IBAResult`.
         gan: the :class:`~inputiba.gan.GANResult`.
         input: the input stage's :class:`~inputiba.iba.BottleneckFit`.
+        seconds: wall-clock seconds spent in each stage (``"feature"``,
+            ``"gan"``, ``"input"``), summed over the call's batches.
     """
 
     mask: Tensor
@@ -80,6 +83,7 @@ class InputIBAResult:
     feature: IBAResult = field(repr=False)
     gan: GANResult = field(repr=False)
     input: BottleneckFit = field(repr=False)
+    seconds: dict = field(default_factory=dict)
 
 
 class InputIBA:
@@ -197,7 +201,9 @@ class InputIBA:
 
         cfg = self.config
         iba = self.feature_iba
+        clock = _StageClock(x.device)
         feat = iba.attribute(x, target, loss_fn=loss_fn, seed=stage_seed(0), return_result=True)
+        clock.lap("feature")
         _advance(bar, "feature")
 
         with torch.no_grad():
@@ -206,14 +212,16 @@ class InputIBA:
         gan = fit_gan(self.model, iba.layer, x, features, real_mask,
                       initial_mask_logits(feat.lam, tuple(x.shape)), cfg.gan,
                       seed=stage_seed(1), layer_name=iba.layer_name)
+        clock.lap("gan")
         _advance(bar, "GAN")
 
         explained = feat.targets if loss_fn is None else target
         _, row_loss = row_loss_for(explained, None, loss_fn, x.shape[0], cfg.input.n_copies, x.device)
         fit = fit_input_bottleneck(self.model, x, gan.mask, row_loss, cfg.input, seed=stage_seed(2))
+        clock.lap("input")
         _advance(bar, "input")
         return InputIBAResult(input_attribution(fit), feat.saliency, gan.mask, feat.targets,
-                              feat, gan, fit)
+                              feat, gan, fit, clock.seconds)
 
 
 def preset_for(model: nn.Module) -> dict:
@@ -235,6 +243,25 @@ def _slice(target, sl: slice, batch_size: int):
     if isinstance(target, (list, tuple)) and len(target) == batch_size:
         return list(target)[sl]
     return target
+
+
+class _StageClock:
+    """Wall-clock seconds per stage; waits for the GPU before each reading."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = self._now()
+        self.seconds[stage] = now - self._last
+        self._last = now
 
 
 def _advance(bar, stage: str) -> None:
@@ -266,5 +293,6 @@ def _concat(parts: list[InputIBAResult]) -> InputIBAResult:
                       for f in ("mask", "mean", "std", "critic_losses", "generator_losses")))
     fit = BottleneckFit(*(cat([getattr(p.input, f) for p in parts], 1 if f == "losses" else 0)
                           for f in ("alpha", "lam", "capacity", "losses")))
+    seconds = {k: sum(p.seconds[k] for p in parts) for k in parts[0].seconds}
     return InputIBAResult(cat([p.mask for p in parts]), cat([p.feature_map for p in parts]),
-                          gan.mask, cat([p.targets for p in parts]), feature, gan, fit)
+                          gan.mask, cat([p.targets for p in parts]), feature, gan, fit, seconds)

@@ -92,6 +92,7 @@ def test_chunks_and_tensorboard_logging(left_half, tmp_path):
     res = att.attribute(torch.randn(3, 1, 16, 16), seed=0, return_stages=True, log_dir=tmp_path)
     assert res.mask.shape == (3, 16, 16) and res.targets.shape == (3,)
     assert res.gan.critic_losses.shape[1] == 3 and res.input.losses.shape == (20, 3)
+    assert set(res.seconds) == {"feature", "gan", "input"} and all(v > 0 for v in res.seconds.values())
     assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 
 
