@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hooks import features_at
+from .validation import check_settings
 
 __all__ = ["GANConfig", "GANResult", "BatchedCritic", "initial_mask_logits", "fit_gan"]
 
@@ -89,9 +90,9 @@ class GANConfig:
             raise ValueError(f"critic must be 'clip' or 'gp', got {self.critic!r}")
         if self.real_mask not in ("lambda", "capacity"):
             raise ValueError(f"real_mask must be 'lambda' or 'capacity', got {self.real_mask!r}")
-        for name in ("n_samples", "epochs", "batch_size", "critic_steps", "critic_width"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        check_settings(self, positive=("n_samples", "epochs", "batch_size", "critic_steps", "critic_width",
+                                       "lr_mask", "clip"),
+                       non_negative=("lr_mean", "lr_std", "gp_weight", "noise_mean_range", "noise_std_max"))
 
     @property
     def critic_lr(self) -> float:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
 from .hooks import LayerNotReached, forward_hooks, preserved_state, replaced, resolve_layer
-from .validation import check_finite, model_device, resolve_targets, run_model
+from .validation import check_finite, check_settings, model_device, resolve_targets, run_model
 
 __all__ = ["IBAConfig", "IBAResult", "IBA", "BottleneckFit", "fit_bottleneck", "row_loss_for"]
 
@@ -71,14 +71,8 @@ class IBAConfig:
     copies_at_layer: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "n_copies", "max_batch"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("beta", "sigma", "min_std"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        check_settings(self, positive=("steps", "n_copies", "max_batch", "lr"),
+                       non_negative=("beta", "sigma", "min_std"))
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
+__all__ = ["check_settings", "model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
            "rejected_input", "MODEL_ERRORS"]
 
 #: Exceptions a model raises when it cannot process an input of a given shape.
@@ -84,3 +84,16 @@ def resolve_targets(target: int | Sequence[int] | Tensor | None, logits: Tensor 
             raise ValueError(
                 f"target {t[bad][0].item()} is out of range for a model with {n_classes} classes")
     return t
+
+
+def check_settings(settings: object, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+    """Raise ``ValueError`` naming the first setting out of its range.
+
+    ``positive`` names must be ``> 0``, ``non_negative`` names ``>= 0``.
+    """
+    for name in positive:
+        if not getattr(settings, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(settings, name)}")
+    for name in non_negative:
+        if not getattr(settings, name) >= 0:
+            raise ValueError(f"{name} must be non-negative, got {getattr(settings, name)}")
