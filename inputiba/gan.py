@@ -56,8 +56,10 @@ class GANConfig:
         critic_steps: critic updates per generator update.
         lr_mask, lr_mean, lr_std: RMSprop learning rates of ``M``, ``mu_G``
             and ``sigma_G`` (the original's generator optimiser).
-        critic: ``"clip"``, the original critic (BatchNorm, weight clipping,
-            RMSprop), or ``"gp"``, a small critic with gradient penalty (Adam).
+        critic: ``"gp"``, a small critic with gradient penalty (Adam), or
+            ``"clip"``, the original critic (BatchNorm, weight clipping,
+            RMSprop). ``"gp"`` is the default because it measured no worse on
+            insertion/deletion and faster (``benchmarks/RESULTS.md``).
         critic_width: channels of the ``"gp"`` critic.
         lr_critic: critic learning rate; ``None`` takes 5e-5 for ``"clip"``
             and 1e-4 for ``"gp"``.
@@ -76,7 +78,7 @@ class GANConfig:
     lr_mask: float = 0.003
     lr_mean: float = 0.1
     lr_std: float = 0.05
-    critic: str = "clip"
+    critic: str = "gp"
     critic_width: int = 64
     lr_critic: float | None = None
     clip: float = 0.01
