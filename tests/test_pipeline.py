@@ -30,6 +30,9 @@ def test_published_defaults():
     assert (g.lr_mask, g.lr_mean, g.lr_std) == (0.003, 0.1, 0.05)
     i = cfg.input
     assert (i.beta, i.steps, i.lr, i.n_copies, i.sigma) == (20.0, 60, 1.0, 10, 1.0)
+    fast = InputIBAConfig.fast()
+    assert (fast.gan.n_samples, fast.gan.epochs, fast.input.steps, fast.input.n_copies) == (64, 5, 30, 10)
+    assert fast.feature == cfg.feature
 
 
 @pytest.mark.parametrize("critic", ["clip", "gp"])

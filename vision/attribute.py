@@ -60,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default=None, help="bottleneck layer (default: the architecture's preset)")
     p.add_argument("--target", default="predicted",
                    help="'predicted', 'folder' (ImageFolder class index) or a class index")
-    p.add_argument("--config", default=None, help="TOML/JSON file with InputIBA settings")
+    p.add_argument("--schedule", choices=["published", "fast"], default="published",
+                   help="InputIBA's published settings, or InputIBAConfig.fast() (about 11x faster)")
+    p.add_argument("--config", default=None, help="TOML/JSON file with InputIBA settings (overrides --schedule)")
     p.add_argument("--stats", default=None, help="feature statistics file to load (or to write)")
     p.add_argument("--estimate-from", default=None,
                    help="folder of images for the statistics (default: the inputs)")
@@ -128,7 +130,10 @@ def outputs_for(out: Path, rel: Path) -> tuple[Path, Path]:
 
 def make_attributor(args, model):
     layer = args.layer or (FASHION_CNN_LAYER if args.arch == "fashion_cnn" else None)
-    cfg = load_config(args.config) if args.config else InputIBAConfig()
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        cfg = InputIBAConfig.fast() if args.schedule == "fast" else InputIBAConfig()
     if args.method == "iba":
         preset = preset_for(model) if layer is None else {"layer": layer}
         return IBA(model, preset["layer"], relu=preset.get("relu", False), max_batch=args.batch_size)
