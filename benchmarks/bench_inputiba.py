@@ -74,16 +74,15 @@ SCHEDULES = {"published": published, "published, gp critic": published_gp, "lean
 
 def fashion_images(n: int) -> tuple[torch.Tensor, str]:
     """The first ``n`` FashionMNIST test images, normalised (bundled 16 if no dataset)."""
-    from inputiba.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist
-    from inputiba.models import pretrained_path
+    from inputiba.datasets import fashion_mnist
+    from inputiba.models import bundled_samples
 
     try:
         data = fashion_mnist("data/", train=False)
         images = torch.stack([data[i][0] for i in range(n)])
         return images, f"first {n} FashionMNIST test images"
     except FileNotFoundError:
-        s = torch.load(pretrained_path("fashion_mnist_samples.pt"), weights_only=True)
-        x = (s["images"][:n].float() / 255 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+        x = bundled_samples()[1][:n]
         return x, f"the {len(x)} bundled FashionMNIST test images (dataset not installed)"
 
 

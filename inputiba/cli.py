@@ -30,22 +30,21 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int]
     Returns:
         ``(npy_path, png_path)`` for each image.
     """
-    from .datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from .datasets import FASHION_MNIST_CLASSES
     from .estimation import FeatureStats
     from .iba import IBA
     from .io import save_npy
-    from .models import FASHION_CNN_LAYER, load_fashion_cnn, pretrained_path
+    from .models import FASHION_CNN_LAYER, bundled_samples, load_fashion_cnn, pretrained_path
     from .plotting import plot_saliency_map
 
-    samples = torch.load(pretrained_path("fashion_mnist_samples.pt"), map_location="cpu",
-                         weights_only=True)
-    n = samples["images"].shape[0]
+    raw, normalised, all_labels = bundled_samples()
+    n = raw.shape[0]
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
         raise ValueError(f"sample index {bad[0]} is out of range: {n} bundled images (0..{n - 1})")
-    images = samples["images"][list(indices)].float() / 255.0
-    x = ((images - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).to(device)
-    labels = samples["labels"][list(indices)]
+    images = raw[list(indices)].float() / 255.0
+    x = normalised[list(indices)].to(device)
+    labels = all_labels[list(indices)]
 
     model = load_fashion_cnn().to(device)
     stats = FeatureStats.load(pretrained_path("fashion_mnist_cnn_stats.pt"))

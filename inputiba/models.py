@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["FashionCNN", "FASHION_CNN_LAYER", "load_state", "pretrained_path", "load_fashion_cnn",
+           "bundled_samples",
            "build_model", "hub_weights_path", "load_model"]
 
 #: The layer the bottleneck goes at: the first conv of the second block,
@@ -140,6 +141,23 @@ def pretrained_path(name: str) -> Path:
             f"{path} does not exist. The pretrained files ship with the source repository, not "
             f"with the package; recreate them with `python pretrained/train_fashion_mnist.py`.")
     return path
+
+
+def bundled_samples() -> tuple[Tensor, Tensor, Tensor]:
+    """The 16 shipped FashionMNIST test images.
+
+    Returns:
+        ``(images, x, labels)``: ``(16, 1, 28, 28)`` uint8 raw pixels, the
+        same normalised as the bundled CNN expects (float), and ``(16,)``
+        labels.
+    """
+    from .datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+    path = pretrained_path("fashion_mnist_samples.pt")
+    samples = torch.load(path, map_location="cpu", weights_only=True)
+    images = samples["images"]
+    x = (images.float() / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    return images, x, samples["labels"]
 
 
 def load_fashion_cnn(path: str | os.PathLike | None = None) -> FashionCNN:

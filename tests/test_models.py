@@ -11,7 +11,7 @@ from torch import nn
 
 from inputiba import FeatureStats
 from inputiba.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist
-from inputiba.models import (FASHION_CNN_LAYER, FashionCNN, load_fashion_cnn, load_state,
+from inputiba.models import (FASHION_CNN_LAYER, bundled_samples, FashionCNN, load_fashion_cnn, load_state,
                              pretrained_path)
 
 
@@ -90,12 +90,12 @@ def test_pretrained_path_explains_a_missing_file():
 def test_shipped_model_classifies_the_shipped_samples():
     model = load_fashion_cnn()
     assert not model.training
-    samples = torch.load(pretrained_path("fashion_mnist_samples.pt"), weights_only=True)
-    images, labels = samples["images"], samples["labels"]
+    images, x, labels = bundled_samples()
     assert images.dtype == torch.uint8 and images.shape == (16, 1, 28, 28)
     assert labels.dtype == torch.long and labels.shape == (16,)
+    torch.testing.assert_close(x, _normalized(images))
     with torch.no_grad():
-        predicted = model(_normalized(images)).argmax(1)
+        predicted = model(x).argmax(1)
     assert int((predicted == labels).sum()) >= 14
 
 

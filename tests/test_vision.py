@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from inputiba.models import pretrained_path
+from inputiba.models import bundled_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "vision" / "attribute.py"
@@ -35,11 +34,11 @@ def _script():
 def tree(tmp_path_factory):
     """An ImageFolder tree of 6 bundled FashionMNIST test images in 2 class folders."""
     root = tmp_path_factory.mktemp("tree")
-    samples = torch.load(pretrained_path("fashion_mnist_samples.pt"), weights_only=True)
+    images = bundled_samples()[0]
     for i in range(6):
         folder = root / ("a" if i < 3 else "b")
         folder.mkdir(exist_ok=True)
-        Image.fromarray(samples["images"][i, 0].numpy()).save(folder / f"img{i}.png")
+        Image.fromarray(images[i, 0].numpy()).save(folder / f"img{i}.png")
     return root
 
 
