@@ -122,6 +122,9 @@ class IBA:
                  stats: FeatureStats | None = None, **overrides) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TypeError("a TorchScript model cannot be hooked inside, so no bottleneck can be "
+                            "placed in it; load its weights into the eager (Python) model instead")
         known = {f.name for f in fields(IBAConfig)}
         unknown = set(overrides) - known
         if unknown:

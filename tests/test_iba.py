@@ -263,3 +263,9 @@ def test_an_in_place_relu_after_the_layer_does_not_alter_the_features(image_load
         res = iba.attribute(x, seed=0, return_result=True)
         heats.append(res.saliency)
     torch.testing.assert_close(heats[1], heats[0])
+
+
+def test_torchscript_models_are_refused_with_a_reason(tiny_cnn):
+    scripted = torch.jit.script(tiny_cnn)
+    with pytest.raises(TypeError, match="TorchScript model cannot be hooked"):
+        IBA(scripted, "features.2")
