@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
 from .hooks import LayerNotReached, forward_hooks, preserved_state, replaced, resolve_layer
-from .validation import check_finite, check_settings, model_device, resolve_targets, run_model
+from .validation import (check_finite, check_settings, model_device, resolve_targets, run_model,
+                         slice_targets)
 
 __all__ = ["IBAConfig", "IBAResult", "IBA", "BottleneckFit", "fit_bottleneck", "row_loss_for"]
 
@@ -209,7 +210,7 @@ class IBA:
         with preserved_state(self.model):
             for start in range(0, inputs.shape[0], step):
                 sl = slice(start, start + step)
-                part_target = _slice_target(target, sl, inputs.shape[0], loss_fn is not None)
+                part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
                 parts.append(self._attribute_chunk(inputs[sl], part_target, loss_fn, seed, stats))
         result = _concat_results(parts)
         self._last_lam = result.lam
@@ -408,19 +409,6 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
         lam = mask(alpha)
         capacity = kl_capacity(lam, r, st.active, prior)
     return BottleneckFit(alpha.detach(), lam, capacity, torch.stack(losses))
-
-
-def _slice_target(target, sl: slice, batch_size: int, custom_loss: bool):
-    """The part of ``target`` that belongs to the inputs in ``sl``."""
-    if target is None or isinstance(target, (int, bool)):
-        return target
-    if isinstance(target, Tensor):
-        if target.dim() > 0 and target.shape[0] == batch_size:
-            return target[sl]
-        return target
-    if not custom_loss and isinstance(target, Sequence) and len(target) == batch_size:
-        return list(target)[sl]
-    return target
 
 
 def row_loss_for(target, logits: Tensor | None, loss_fn: LossFn | None, batch_size: int,

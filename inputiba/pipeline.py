@@ -26,7 +26,7 @@ from .gan import GANConfig, GANResult, fit_gan, initial_mask_logits
 from .hooks import features_at, preserved_state
 from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
 from .input_stage import INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
-from .validation import check_finite, model_device
+from .validation import check_finite, model_device, slice_targets
 
 __all__ = ["PRESETS", "preset_for", "InputIBAConfig", "InputIBAResult", "InputIBA"]
 
@@ -195,7 +195,7 @@ class InputIBA:
             with preserved_state(self.model):
                 for k, start in enumerate(starts):
                     sl = slice(start, start + step)
-                    part_target = _slice(target, sl, inputs.shape[0])
+                    part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
                     chunk_seed = None if seed is None else seed + 3 * k
                     part = self._attribute_chunk(inputs[sl], part_target, loss_fn, chunk_seed, bar)
                     if writer is not None:
@@ -250,14 +250,6 @@ def preset_for(model: nn.Module) -> dict:
             if cls.__name__.startswith(family):
                 return preset
     raise ValueError(f"no preset layer for {type(model).__name__}; pass layer= (e.g. layer='features.17')")
-
-
-def _slice(target, sl: slice, batch_size: int):
-    if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == batch_size:
-        return target[sl]
-    if isinstance(target, (list, tuple)) and len(target) == batch_size:
-        return list(target)[sl]
-    return target
 
 
 class _StageClock:

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_settings", "model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
+__all__ = ["check_settings", "slice_targets", "model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
            "rejected_input", "MODEL_ERRORS"]
 
 #: Exceptions a model raises when it cannot process an input of a given shape.
@@ -97,3 +97,19 @@ def check_settings(settings: object, positive: Sequence[str] = (), non_negative:
     for name in non_negative:
         if not getattr(settings, name) >= 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(settings, name)}")
+
+
+def slice_targets(target, sl: slice, batch_size: int, custom_loss: bool = False):
+    """The part of ``target`` that belongs to the inputs in ``sl`` of a batch.
+
+    Tensors (and, for the default loss, sequences) with one entry per input
+    are sliced; an int, ``None`` or anything else applies to every input. A
+    custom loss's sequence target is passed whole, since its layout is the
+    loss's own.
+    """
+    if isinstance(target, Tensor):
+        return target[sl] if target.dim() > 0 and target.shape[0] == batch_size else target
+    if (not custom_loss and isinstance(target, Sequence) and not isinstance(target, str)
+            and len(target) == batch_size):
+        return list(target)[sl]
+    return target
