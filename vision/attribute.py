@@ -33,7 +33,7 @@ from torchvision import transforms
 
 from inputiba import IBA, InputIBA
 from inputiba.config import load_config
-from inputiba.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from inputiba.datasets import fashion_mnist_transform
 from inputiba.io import distributed_rank, save_npz, shard
 from inputiba.models import FASHION_CNN_LAYER, load_model
 from inputiba.pipeline import InputIBAConfig, preset_for
@@ -98,8 +98,8 @@ def folder_classes(files: list[Path]) -> dict[str, int]:
 
 def build_transform(args: argparse.Namespace) -> transforms.Compose:
     if args.preprocess == "fashion-mnist":
-        return transforms.Compose([transforms.Grayscale(), transforms.Resize((28, 28)), transforms.ToTensor(),
-                                   transforms.Normalize((FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,))])
+        return transforms.Compose([transforms.Grayscale(), transforms.Resize((28, 28)),
+                                   *fashion_mnist_transform().transforms])
     steps = [transforms.Grayscale()] if args.grayscale else []
     if args.preprocess == "imagenet":
         steps += [transforms.Resize(round(args.size * 256 / 224)), transforms.CenterCrop(args.size),
@@ -113,12 +113,12 @@ def build_transform(args: argparse.Namespace) -> transforms.Compose:
     return transforms.Compose(steps)
 
 
-def load_images(root: Path, files: list[Path], transform) -> torch.Tensor:
-    base = root if root.is_dir() else root.parent
+def load_images(folder: Path, files: list[Path], transform) -> torch.Tensor:
+    """The images ``folder / f`` for ``f`` in ``files``, transformed and stacked."""
     mode_l = any(isinstance(t, transforms.Grayscale) for t in transform.transforms)
     tensors = []
     for f in files:
-        with Image.open(base / f) as img:
+        with Image.open(folder / f) as img:
             tensors.append(transform(img.convert("L" if mode_l else "RGB")))
     return torch.stack(tensors)
 
@@ -141,7 +141,7 @@ def make_attributor(args, model):
     return InputIBA(model, layer, cfg)
 
 
-def prepare_stats(args, attributor, root: Path, files: list[Path], transform, rank: int, world: int):
+def prepare_stats(args, attributor, root: Path, transform, rank: int, world: int):
     """Load the statistics, or estimate them (on rank 0 when distributed) and save them."""
     stats_path = Path(args.stats) if args.stats else Path(args.out) / "feature_stats.pt"
     if stats_path.is_file():
@@ -151,7 +151,8 @@ def prepare_stats(args, attributor, root: Path, files: list[Path], transform, ra
         source = Path(args.estimate_from) if args.estimate_from else root
         est_files = list_images(source)[: args.estimate_samples]
         base = source if source.is_dir() else source.parent
-        batches = [load_images(base, est_files[i:i + 32], transform) for i in range(0, len(est_files), 32)]
+        # a generator: one batch of images in memory at a time
+        batches = (load_images(base, est_files[i:i + 32], transform) for i in range(0, len(est_files), 32))
         attributor.estimate(batches, n_samples=args.estimate_samples)
         attributor.save_stats(stats_path)
     if world > 1:
@@ -186,7 +187,7 @@ def _run(args, rank: int, world: int) -> int:
     model = load_model(args.arch, args.weights, args.num_classes).to(args.device)
     transform = build_transform(args)
     attributor = make_attributor(args, model)
-    prepare_stats(args, attributor, root, files, transform, rank, world)
+    prepare_stats(args, attributor, root, transform, rank, world)
 
     for k in range(0, len(todo), args.batch_size):
         batch = todo[k:k + args.batch_size]
