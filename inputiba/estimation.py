@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -129,12 +129,32 @@ class FeatureStats:
         Raises:
             ValueError: the file is not a statistics file or is corrupt.
         """
+        return cls.from_state_dict(cls.read_state(path, map_location), path)
+
+    @staticmethod
+    def read_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+        """The dictionary in a statistics file (``weights_only`` load).
+
+        Raises:
+            ValueError: the file cannot be read as one.
+        """
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as err:
             raise ValueError(f"cannot read feature statistics from {path}: {err}") from err
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} is not a feature-statistics file")
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict, path: str | os.PathLike = "the state") -> "FeatureStats":
+        """Statistics from :meth:`state_dict`'s dictionary, checked.
+
+        Raises:
+            ValueError: keys are missing or the values are corrupt.
+        """
         keys = {"mean", "std", "active", "n_samples", "relu"}
         if not isinstance(state, dict) or not keys <= set(state):
             raise ValueError(f"{path} is not a feature-statistics file (expected keys {sorted(keys)})")
@@ -148,12 +168,17 @@ class FeatureStats:
 
 def estimate_stats(model: nn.Module, layer: nn.Module, loader: Iterable, n_samples: int = 1000,
                    relu: bool = False, min_std: float = 0.01, active_threshold: float = 0.01,
-                   layer_name: str = "layer", progress: bool = False) -> FeatureStats:
+                   layer_name: str = "layer", progress: bool = False,
+                   positions: Callable[[Tensor], Tensor] | None = None) -> FeatureStats:
     """Estimate a layer's :class:`FeatureStats` over the inputs a loader yields.
 
     The forward pass stops at ``layer``. Batches are moved to the model's
-    device; the last one is cut so that exactly ``n_samples`` are used when the
-    loader holds that many.
+    device; the last one is cut so that exactly ``n_samples`` inputs are used
+    when the loader holds that many.
+
+    With ``positions`` (sequences), the layer's output ``(B, T, *rest)`` is
+    pooled over the real positions ``positions(inputs)`` ``(B, T)`` of every
+    input, so the statistics have shape ``rest`` and padding counts nowhere.
 
     Raises:
         ValueError: the loader yields no samples, or non-finite inputs.
@@ -174,7 +199,10 @@ def estimate_stats(model: nn.Module, layer: nn.Module, loader: Iterable, n_sampl
                 if x.shape[0] == 0:
                     continue
                 check_finite(x, "estimation inputs")
-                m = batch_moments(features_at(model, layer, x, layer_name))
+                features = features_at(model, layer, x, layer_name)
+                if positions is not None:
+                    features = features[positions(x)]
+                m = batch_moments(features)
                 moments = m if moments is None else merge_moments(moments, m)
                 seen += x.shape[0]
                 if bar is not None:

@@ -6,7 +6,8 @@ input channel. It produces ``f_l(x_G)``, the features at layer ``l`` of
 
     x_G = sigmoid(M) * x + (1 - sigmoid(M)) * (sigma_G * u + mu_G),  u ~ N(0, I)
 
-running the network only up to ``l``. The critic tells these from "real"
+running the network only up to ``l``. For text the same happens on the
+embedding layer's output instead of the pixels (:mod:`inputiba.adapters`). The critic tells these from "real"
 samples of the feature bottleneck, ``K * R + (1 - K) * n`` with ``n ~ N(m, s^2)``,
 ``m ~ U(-2, 2)``, ``s ~ U(0, 5)``. The result is ``lambda_G = sigmoid(M)``.
 
@@ -36,10 +37,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import features_at
+from .adapters import Adapter, ImageAdapter
 from .validation import check_settings
 
 __all__ = ["GANConfig", "GANResult", "BatchedCritic", "initial_mask_logits", "fit_gan"]
@@ -109,9 +109,10 @@ class GANResult:
     """What the GAN stage learned, per input.
 
     Attributes:
-        mask: ``(B, C, H, W)`` ``lambda_G = sigmoid(M)``, in ``[0, 1]``.
-        mean: ``(B, C, 1, 1)`` learned noise mean ``mu_G``.
-        std: ``(B, C, 1, 1)`` learned noise std ``sigma_G``.
+        mask: ``(B, C, H, W)`` ``lambda_G = sigmoid(M)``, in ``[0, 1]``
+            (text: ``(B, T, D)`` over the embeddings).
+        mean: ``(B, C, 1, 1)`` learned noise mean ``mu_G`` (text: ``(B, 1, D)``).
+        std: ``(B, C, 1, 1)`` learned noise std ``sigma_G`` (text: ``(B, 1, D)``).
         critic_losses: ``(critic updates, B)`` Wasserstein critic loss.
         generator_losses: ``(generator updates, B)`` generator loss.
     """
@@ -128,6 +129,9 @@ class BatchedCritic(nn.Module):
 
     Input ``(B, n, C, h, w)``: ``n`` samples for each of ``B = n_critics``
     inputs; output ``(B, n)`` scores, sample ``[b, j]`` scored by critic ``b``.
+    With ``dims=1`` the same design reads ``(B, n, C, T)`` sequences (the
+    original's text critic was an LSTM; a convolution over time is batched
+    as easily as the image critic and needs no recurrence).
 
     Args:
         n_critics: number of independent critics (inputs in the batch).
@@ -141,22 +145,29 @@ class BatchedCritic(nn.Module):
             parameters for ``C = 512``). Stride 2 with padding 1 works for
             feature maps of any size.
         width: channels of the ``"gp"`` critic.
+        dims: spatial dimensions of the samples: 2 (feature maps) or 1 (sequences).
     """
 
-    def __init__(self, n_critics: int, channels: int, kind: str = "gp", width: int = 64) -> None:
+    def __init__(self, n_critics: int, channels: int, kind: str = "gp", width: int = 64,
+                 dims: int = 2) -> None:
         super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims}")
         self.n_critics = n_critics
+        self.dims = dims
         g, c = n_critics, channels
+        Conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        Norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
 
         def conv(cin, cout, k=3, stride=1):
-            return nn.Conv2d(g * cin, g * cout, k, stride=stride, padding=k // 2, groups=g)
+            return Conv(g * cin, g * cout, k, stride=stride, padding=k // 2, groups=g)
 
         act = nn.LeakyReLU(0.2)
         if kind == "clip":
             self.body = nn.Sequential(
-                conv(c, 2 * c, stride=2), nn.BatchNorm2d(g * 2 * c), act,
-                conv(2 * c, 4 * c, stride=2), nn.BatchNorm2d(g * 4 * c), act,
-                conv(4 * c, c, stride=2), nn.BatchNorm2d(g * c), act)
+                conv(c, 2 * c, stride=2), Norm(g * 2 * c), act,
+                conv(2 * c, 4 * c, stride=2), Norm(g * 4 * c), act,
+                conv(4 * c, c, stride=2), Norm(g * c), act)
             self.head = nn.Sequential(conv(c, 256, k=1), act, conv(256, 1, k=1))
         elif kind == "gp":
             self.body = nn.Sequential(conv(c, width, stride=2), act, conv(width, width, stride=2), act)
@@ -165,12 +176,13 @@ class BatchedCritic(nn.Module):
             raise ValueError(f"kind must be 'clip' or 'gp', got {kind!r}")
 
     def forward(self, features: Tensor) -> Tensor:
-        """``(B, n, C, h, w)`` feature maps to ``(B, n)`` scores."""
+        """``(B, n, C, *S)`` samples to ``(B, n)`` scores."""
         B, n = features.shape[:2]
         if B != self.n_critics:
             raise ValueError(f"got samples for {B} inputs, but there are {self.n_critics} critics")
         x = features.transpose(0, 1).reshape(n, -1, *features.shape[3:])
-        x = self.body(x).mean(dim=(2, 3), keepdim=True)
+        spatial = tuple(range(2, 2 + self.dims))
+        x = self.body(x).mean(dim=spatial, keepdim=True)
         return self.head(x).view(n, B).t()
 
 
@@ -185,36 +197,41 @@ def initial_mask_logits(feature_lam: Tensor, input_shape: tuple[int, ...]) -> Te
         ``(B, C, H, W)`` logits: ``logit`` of the channel-mean of
         ``feature_lam``, bilinearly resized and clamped to ``[0.01, 0.99]``.
     """
-    B, C, H, W = input_shape
-    mean = feature_lam.mean(dim=1, keepdim=True)
-    resized = F.interpolate(mean, size=(H, W), mode="bilinear", align_corners=False)
-    return torch.logit(resized.clamp(0.01, 0.99)).expand(B, C, H, W).contiguous()
+    return ImageAdapter().initial_mask_logits(feature_lam, input_shape)
 
 
 def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor,
             feature_mask: Tensor, initial_logits: Tensor, config: GANConfig | None = None,
-            seed: int | None = None, layer_name: str = "layer") -> GANResult:
+            seed: int | None = None, layer_name: str = "layer",
+            adapter: Adapter | None = None) -> GANResult:
     """Train one generator and critic per input; return the input masks ``lambda_G``.
 
     Args:
         model: the classifier, in eval mode with frozen parameters.
         layer: the feature stage's layer; the network runs only up to it.
-        inputs: ``(B, C, H, W)`` inputs.
-        features: ``(B, C_f, h, w)`` clean features ``R`` at ``layer``.
-        feature_mask: ``(B, C_f, h, w)`` ``K`` of the real samples (the
-            feature stage's ``lambda`` or capacity, see ``config.real_mask``).
-        initial_logits: ``(B, C, H, W)`` starting mask logits
-            (:func:`initial_mask_logits`).
+        inputs: ``(B, C, H, W)`` inputs (text: ``(B, T)`` token ids).
+        features: ``(B, C_f, h, w)`` clean features ``R`` at ``layer``
+            (text: ``(B, T, H)``).
+        feature_mask: ``K`` of the real samples, shaped like ``features``
+            (the feature stage's ``lambda`` or capacity, see
+            ``config.real_mask``).
+        initial_logits: starting mask logits shaped like the input point,
+            ``(B, C, H, W)`` (text: ``(B, T, D)``); see
+            :meth:`inputiba.adapters.ImageAdapter.initial_mask_logits`.
         config: a :class:`GANConfig`.
         seed: seed of all random draws of the stage.
         layer_name: for error messages.
+        adapter: images (default) or tokens (:mod:`inputiba.adapters`).
 
     Returns:
         A :class:`GANResult`.
     """
     cfg = config or GANConfig()
-    B, C = inputs.shape[:2]
-    device, dtype = inputs.device, inputs.dtype
+    adapter = adapter or ImageAdapter()
+    points = adapter.point_values(model, inputs).detach()
+    valid = adapter.valid(inputs)
+    B = points.shape[0]
+    device, dtype = points.device, points.dtype
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
@@ -222,8 +239,9 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
         generator.seed()
 
     logits = initial_logits.detach().clone().requires_grad_(True)
-    mu = torch.zeros(B, C, 1, 1, device=device, dtype=dtype, requires_grad=True)
-    sigma = torch.ones(B, C, 1, 1, device=device, dtype=dtype, requires_grad=True)
+    noise_shape = adapter.noise_shape(points)
+    mu = torch.zeros(noise_shape, device=device, dtype=dtype, requires_grad=True)
+    sigma = torch.ones(noise_shape, device=device, dtype=dtype, requires_grad=True)
     gen_params = [logits, mu, sigma]
     opt_g = torch.optim.RMSprop([{"params": [logits], "lr": cfg.lr_mask},
                                  {"params": [mu], "lr": cfg.lr_mean},
@@ -233,7 +251,9 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        critic = BatchedCritic(B, features.shape[1], cfg.critic, cfg.critic_width).to(device, dtype)
+        channels = adapter.critic_view(features.unsqueeze(1), None).shape[2]
+        critic = BatchedCritic(B, channels, cfg.critic, cfg.critic_width,
+                               dims=adapter.critic_dims).to(device, dtype)
     critic.train()
     if cfg.critic == "clip":
         opt_d = torch.optim.RMSprop(critic.parameters(), lr=cfg.critic_lr)
@@ -247,18 +267,19 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
         return torch.rand(*shape, generator=generator, device=device, dtype=dtype)
 
     def real_samples(n: int) -> Tensor:
-        m = (2 * rand(B, n, 1, 1, 1) - 1) * cfg.noise_mean_range
-        s = rand(B, n, 1, 1, 1) * cfg.noise_std_max
+        ones = (1,) * (features.dim() - 1)
+        m = (2 * rand(B, n, *ones) - 1) * cfg.noise_mean_range
+        s = rand(B, n, *ones) * cfg.noise_std_max
         noise = m + s * randn(B, n, *features.shape[1:])
         K = feature_mask.unsqueeze(1)
-        return K * features.unsqueeze(1) + (1 - K) * noise
+        return adapter.critic_view(K * features.unsqueeze(1) + (1 - K) * noise, valid)
 
     def fake_samples(n: int) -> Tensor:
         mask = torch.sigmoid(logits).unsqueeze(1)
-        noise = sigma.unsqueeze(1) * randn(B, n, *inputs.shape[1:]) + mu.unsqueeze(1)
-        x_g = mask * inputs.unsqueeze(1) + (1 - mask) * noise
-        out = features_at(model, layer, x_g.flatten(0, 1), layer_name)
-        return out.view(B, n, *out.shape[1:])
+        noise = sigma.unsqueeze(1) * randn(B, n, *points.shape[1:]) + mu.unsqueeze(1)
+        x_g = mask * points.unsqueeze(1) + (1 - mask) * noise
+        out = adapter.run_to_layer(model, layer, inputs, x_g.flatten(0, 1), layer_name)
+        return adapter.critic_view(out.view(B, n, *out.shape[1:]), valid)
 
     steps_per_epoch = math.ceil(cfg.n_samples / cfg.batch_size)
     critic_losses, generator_losses = [], []

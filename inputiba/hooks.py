@@ -10,6 +10,7 @@ import contextlib
 import difflib
 from typing import Callable, Iterator
 
+import torch
 from torch import Tensor, nn
 
 from .validation import MODEL_ERRORS, rejected_input
@@ -20,6 +21,9 @@ __all__ = [
     "replaced",
     "preserved_state",
     "features_at",
+    "layer_tensor",
+    "with_layer_tensor",
+    "cudnn_rnn_disabled",
     "LayerNotReached",
 ]
 
@@ -62,6 +66,51 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     raise TypeError(f"layer must be a dotted name or an nn.Module, got {type(layer).__name__}")
 
 
+def layer_tensor(output: object, layer_name: str = "layer") -> Tensor:
+    """The tensor a bottleneck acts on in a layer's output.
+
+    A tensor is itself; a tuple whose first item is a tensor gives that item,
+    as recurrent layers return ``(output_sequence, state)``.
+
+    Raises:
+        TypeError: the output holds no tensor in first place.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(f"layer {layer_name!r} returns {type(output).__name__}, not a tensor "
+                    "(or a tuple starting with one)")
+
+
+def with_layer_tensor(output: object, tensor: Tensor) -> object:
+    """``output`` with its :func:`layer_tensor` replaced by ``tensor``.
+
+    For a recurrent layer's ``(sequence, state)`` only the sequence changes; a
+    model that reads the state instead cannot see the bottleneck, which the
+    bottleneck's fit detects.
+    """
+    if isinstance(output, Tensor):
+        return tensor
+    return type(output)([tensor, *output[1:]]) if isinstance(output, list) else (tensor, *output[1:])
+
+
+@contextlib.contextmanager
+def cudnn_rnn_disabled(model: nn.Module) -> Iterator[None]:
+    """Disable cuDNN for a block when ``model`` holds a recurrent layer.
+
+    cuDNN computes an RNN's backward pass only in training mode; attribution
+    needs it in eval mode (no dropout). PyTorch's own kernels do both, so the
+    block runs without cuDNN instead of switching the model to training mode.
+    Other models, and CPU runs, are unaffected in effect.
+    """
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        with torch.backends.cudnn.flags(enabled=False):
+            yield
+    else:
+        yield
+
+
 @contextlib.contextmanager
 def forward_hooks(hooks: list[tuple[nn.Module, Hook]]) -> Iterator[None]:
     """Register forward hooks for the duration of a ``with`` block.
@@ -82,11 +131,15 @@ def forward_hooks(hooks: list[tuple[nn.Module, Hook]]) -> Iterator[None]:
 def replaced(module: nn.Module, where: str, make: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """Replace a module's output (``where="output"``) or first input (``"input"``).
 
-    ``make`` receives the original tensor and returns its replacement, which
-    may have more rows (noisy copies). The hook is removed when the block ends.
+    ``make`` receives the original tensor (:func:`layer_tensor` of a tuple
+    output) and returns its replacement, which may have more rows (noisy
+    copies). The hook is removed when the block ends.
     """
     if where == "output":
-        with forward_hooks([(module, lambda m, args, out: make(out))]):
+        def hook(m, args, out):
+            return with_layer_tensor(out, make(layer_tensor(out)))
+
+        with forward_hooks([(module, hook)]):
             yield
         return
     if where != "input":
@@ -142,11 +195,7 @@ def features_at(model: nn.Module, layer: nn.Module, inputs: Tensor,
         with forward_hooks([(layer, stop)]):
             model(inputs)
     except _StopForward as stopped:
-        out = stopped.output
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                f"layer {layer_name!r} returns {type(out).__name__}, not a tensor") from None
-        return out
+        return layer_tensor(stopped.output, layer_name)
     except MODEL_ERRORS as err:
         raise rejected_input(model, inputs, err) from err
     raise LayerNotReached(f"the forward pass of {type(model).__name__} never called layer {layer_name!r}")

@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
+from .adapters import Adapter, adapter_for, expand_valid
+from .bottleneck import kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
-from .hooks import LayerNotReached, forward_hooks, preserved_state, replaced, resolve_layer
+from .hooks import (LayerNotReached, cudnn_rnn_disabled, forward_hooks, layer_tensor, preserved_state,
+                    replaced, resolve_layer, with_layer_tensor)
 from .validation import (check_finite, check_settings, model_device, resolve_targets, run_model,
                          slice_targets)
 
@@ -75,14 +77,20 @@ class IBAConfig:
         check_settings(self, positive=("steps", "n_copies", "max_batch", "lr"),
                        non_negative=("beta", "sigma", "min_std"))
 
+    @classmethod
+    def text(cls, **overrides) -> "IBAConfig":
+        """The feature bottleneck's settings for text (InputIBA's NLP defaults): beta 15, no blur."""
+        return replace(cls(beta=15.0, sigma=0.0), **overrides)
+
 
 @dataclass
 class IBAResult:
     """Everything one :meth:`IBA.attribute` call computed, per input.
 
     Attributes:
-        saliency: ``(B, H, W)`` bits per pixel at input resolution, or ``None``
-            when the layer's output is not a ``(C, h, w)`` map.
+        saliency: ``(B, H, W)`` bits per pixel at input resolution, ``(B, T)``
+            bits per token for text (0 at padding), or ``None`` when an image
+            model's layer output is not a ``(C, h, w)`` map.
         capacity: ``(B, *feature_shape)`` information per element, nats.
         lam: ``(B, *feature_shape)`` final mask ``blur(sigmoid(alpha))``.
         alpha: ``(B, *feature_shape)`` final mask logits.
@@ -107,6 +115,14 @@ class IBA:
         iba.estimate(loader, n_samples=1000)
         heat = iba.attribute(x, target=y)      # (B, H, W), bits per pixel
 
+    A text classifier is explained per token by naming its embedding layer;
+    its inputs are then ``(B, T)`` token ids, padded with the embedding's
+    ``padding_idx``, and the bottleneck acts on a recurrent layer's output
+    sequence::
+
+        iba = IBA(lstm_model, layer="lstm.1", input_layer="embedding")
+        bits = iba.attribute(ids, target=y)    # (B, T), bits per token
+
     The layer is hooked only while a method runs. During :meth:`estimate` and
     :meth:`attribute` the model is put in eval mode with frozen parameters;
     modes, ``requires_grad`` flags and hooks are restored afterwards, also
@@ -115,12 +131,18 @@ class IBA:
     Args:
         model: the classifier to explain.
         layer: dotted module name (``"features.17"``) or the module itself.
-        config: an :class:`IBAConfig`; keyword arguments override its fields.
+        config: an :class:`IBAConfig` (default: the published one, or
+            :meth:`IBAConfig.text` for text); keyword arguments override its
+            fields.
         stats: previously estimated :class:`FeatureStats`.
+        input_layer: the embedding layer of a text classifier (name or module).
+        pad_index: padding id of the token inputs (default: the embedding's
+            ``padding_idx``).
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, config: IBAConfig | None = None,
-                 stats: FeatureStats | None = None, **overrides) -> None:
+                 stats: FeatureStats | None = None, *, input_layer: str | nn.Module | None = None,
+                 pad_index: int | None = None, **overrides) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if isinstance(model, torch.jit.ScriptModule):
@@ -132,7 +154,10 @@ class IBA:
             raise TypeError(f"unknown IBA settings {sorted(unknown)}; known: {sorted(known)}")
         self.model = model
         self.layer_name, self.layer = resolve_layer(model, layer)
-        self.config = replace(config or IBAConfig(), **overrides)
+        self.adapter: Adapter = adapter_for(model, input_layer, pad_index)
+        if config is None:
+            config = IBAConfig.text() if self.adapter.kind == "tokens" else IBAConfig()
+        self.config = replace(config, **overrides)
         self.stats = stats
         self._last_lam: Tensor | None = None
         self._expand_ok: dict[bool, bool] = {}
@@ -152,7 +177,8 @@ class IBA:
         cfg = self.config
         self.stats = estimate_stats(self.model, self.layer, loader, n_samples, relu=cfg.relu,
                                     min_std=cfg.min_std, active_threshold=cfg.active_threshold,
-                                    layer_name=self.layer_name, progress=progress)
+                                    layer_name=self.layer_name, progress=progress,
+                                    positions=self.adapter.valid if self.adapter.pooled_dims else None)
         return self.stats
 
     def save_stats(self, path: str | os.PathLike) -> None:
@@ -176,7 +202,8 @@ class IBA:
         """Explain each input with its own bottleneck.
 
         Args:
-            inputs: ``(B, ...)`` batch the model accepts (e.g. ``(B, C, H, W)``).
+            inputs: ``(B, ...)`` batch the model accepts (e.g. ``(B, C, H, W)``,
+                or ``(B, T)`` token ids with an ``input_layer``).
             target: class to explain: ``None`` for the predicted class, an int
                 for all inputs, or one index per input.
             loss_fn: replaces the cross-entropy for other tasks. Called as
@@ -190,14 +217,20 @@ class IBA:
             return_result: return an :class:`IBAResult` instead of the map.
 
         Returns:
-            ``(B, H, W)`` float tensor, bits per pixel, on the model's device;
-            or an :class:`IBAResult` when ``return_result`` is true.
+            ``(B, H, W)`` float tensor, bits per pixel (text: ``(B, T)`` bits
+            per token, 0 at padding), on the model's device; or an
+            :class:`IBAResult` when ``return_result`` is true.
         """
         stats = self._require_stats()
         if not isinstance(inputs, Tensor) or inputs.dim() < 2:
             raise ValueError("inputs must be a batched tensor of shape (B, ...)")
         if inputs.shape[0] == 0:
             raise ValueError("inputs hold no samples (batch size 0)")
+        if self.adapter.kind == "tokens":
+            self.adapter.check_inputs(inputs)
+        elif not inputs.is_floating_point():
+            raise ValueError(f"inputs are {inputs.dtype} ids: for a text model, name its embedding layer "
+                             "with input_layer=")
         if self.config.sigma > 0 and len(stats.shape) != 3:
             raise ValueError(
                 f"smoothing needs a (C, h, w) feature map but layer {self.layer_name!r} gives "
@@ -207,7 +240,7 @@ class IBA:
         inputs = inputs.to(device)
         step = self.config.max_batch
         parts = []
-        with preserved_state(self.model):
+        with preserved_state(self.model), cudnn_rnn_disabled(self.model):
             for start in range(0, inputs.shape[0], step):
                 sl = slice(start, start + step)
                 part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
@@ -227,18 +260,18 @@ class IBA:
         cfg = self.config
         B, S = x.shape[0], cfg.n_copies
         features, logits = self._clean_pass(x)
-        if features.shape[1:] != stats.shape:
+        if features.shape[1 + self.adapter.pooled_dims:] != stats.shape:
             raise ValueError(
                 f"layer {self.layer_name!r} gives features of shape {tuple(features.shape[1:])} for "
                 f"inputs of shape {tuple(x.shape[1:])}, but the statistics were estimated for "
                 f"{tuple(stats.shape)}; estimate them at this input size")
         targets, row_loss = row_loss_for(target, logits, loss_fn, B, S)
         expand = self._can_expand(x, features, logits, S)
+        valid = self.adapter.valid(x)
         fit = fit_bottleneck(
             self.model, self.layer, "output", features, x if expand else x.repeat_interleave(S, dim=0),
-            stats, cfg, row_loss, seed=seed)
-        saliency = (capacity_to_saliency(fit.capacity, tuple(x.shape[-2:]))
-                    if fit.capacity.dim() == 4 else None)
+            stats, cfg, row_loss, seed=seed, valid=expand_valid(valid, features), name=self.layer_name)
+        saliency = self.adapter.feature_saliency(fit.capacity, x, valid)
         return IBAResult(saliency, fit.capacity, fit.lam, fit.alpha, targets, fit.losses)
 
     def _clean_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,17 +280,14 @@ class IBA:
 
         def grab(module, args, output):
             # a copy: an in-place op after the layer (VGG's ReLU(inplace=True)) would change it
-            captured["features"] = output.clone() if isinstance(output, Tensor) else output
+            captured["features"] = layer_tensor(output, self.layer_name).clone()
 
         with torch.no_grad(), forward_hooks([(self.layer, grab)]):
             logits = run_model(self.model, x)
         if "features" not in captured:
             raise LayerNotReached(
                 f"the forward pass of {type(self.model).__name__} never called layer {self.layer_name!r}")
-        features = captured["features"]
-        if not isinstance(features, Tensor):
-            raise TypeError(f"layer {self.layer_name!r} returns {type(features).__name__}, not a tensor")
-        return features, logits
+        return captured["features"], logits
 
     def _can_expand(self, x: Tensor, features: Tensor, logits: Tensor, S: int) -> bool:
         """Whether the noisy copies can be made at the layer instead of at the input.
@@ -278,7 +308,7 @@ class IBA:
             ok = S == 1
         else:
             def copies(module, args, output):
-                return features.repeat_interleave(S, dim=0)
+                return with_layer_tensor(output, features.repeat_interleave(S, dim=0))
 
             try:
                 with torch.no_grad(), forward_hooks([(self.layer, copies)]):
@@ -311,12 +341,13 @@ class IBA:
         lam = torch.as_tensor(lam)
 
         def bottleneck(module, args, output):
-            st = stats.to(output.device, output.dtype)
-            mask = lam.to(output.device, output.dtype)
-            if mask.dim() == output.dim() and mask.shape[0] not in (1, output.shape[0]):
-                raise ValueError(f"the mask is for {mask.shape[0]} inputs but the batch has {output.shape[0]}")
-            z = noisy_features(output, mask, st.mean, st.std, torch.randn_like(output)) * st.active
-            return z.clamp_min(0) if st.relu else z
+            r = layer_tensor(output, self.layer_name)
+            st = stats.to(r.device, r.dtype)
+            mask = lam.to(r.device, r.dtype)
+            if mask.dim() == r.dim() and mask.shape[0] not in (1, r.shape[0]):
+                raise ValueError(f"the mask is for {mask.shape[0]} inputs but the batch has {r.shape[0]}")
+            z = noisy_features(r, mask, st.mean, st.std, torch.randn_like(r)) * st.active
+            return with_layer_tensor(output, z.clamp_min(0) if st.relu else z)
 
         with forward_hooks([(self.layer, bottleneck)]):
             yield
@@ -342,7 +373,8 @@ class BottleneckFit:
 def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Tensor,
                    model_inputs: Tensor, stats: FeatureStats, config: IBAConfig,
                    row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,
-                   seed: int | None = None) -> BottleneckFit:
+                   seed: int | None = None, valid: Tensor | None = None,
+                   name: str = "the layer") -> BottleneckFit:
     """Optimise one bottleneck mask per input; the loop both IBA stages share.
 
     The bottleneck replaces ``module``'s output (``where="output"``, a hidden
@@ -367,9 +399,18 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
         prior: optional ``(B, *shape)`` prior mask for the capacity
             (see :func:`inputiba.bottleneck.kl_capacity`).
         seed: seed of the noise.
+        valid: optional 0/1 mask broadcastable to ``features`` of the real
+            positions (text without its padding). Elsewhere the features pass
+            unchanged and carry no capacity, and the information term is the
+            mean over real elements only, so padding changes no result.
+        name: the bottleneck's place, for error messages.
 
     Returns:
         A :class:`BottleneckFit`.
+
+    Raises:
+        ValueError: the bottleneck's output does not reach the model's output
+            (checked on the first step), so the fit could not mean anything.
     """
     B, S = features.shape[0], config.n_copies
     device = features.device
@@ -381,6 +422,14 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
     def mask(alpha: Tensor) -> Tensor:
         return smooth_mask(torch.sigmoid(alpha), config.sigma)
 
+    if valid is not None:
+        rep_valid = valid.repeat_interleave(S, dim=0)
+        n_valid = valid.expand_as(features).flatten(1).sum(1)
+
+    def information(lam: Tensor) -> Tensor:
+        kl = kl_capacity(lam, r, st.active, prior)
+        return kl if valid is None else kl * valid
+
     alpha = torch.full_like(features, config.init_alpha).requires_grad_(True)
     optimizer = torch.optim.Adam([alpha], lr=config.lr)
     current: dict[str, Tensor] = {}
@@ -391,14 +440,25 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
                             dtype=rep_features.dtype)
         lam = current["lam"].repeat_interleave(S, dim=0)
         z = noisy_features(rep_features, lam, st.mean, st.std, noise) * st.active
-        return z.clamp_min(0) if st.relu else z
+        if st.relu:
+            z = z.clamp_min(0)
+        if valid is not None:
+            z = rep_features + rep_valid * (z - rep_features)
+        current["z"] = z
+        return z
 
     with replaced(module, where, bottleneck):
-        for _ in range(config.steps):
+        for step in range(config.steps):
             lam = mask(alpha)
             current["lam"] = lam
             per_row = row_loss(model(model_inputs))
-            info = kl_capacity(lam, r, st.active, prior).flatten(1).mean(1)
+            if step == 0 and not _reaches(per_row, current["z"]):
+                raise ValueError(
+                    f"the bottleneck at {name} does not reach the model's output, so no attribution "
+                    "can be learned; a recurrent layer's output sequence must feed the head (a head "
+                    "reading the layer's final state (h, c) does not see it)")
+            kl = information(lam).flatten(1)
+            info = kl.mean(1) if valid is None else kl.sum(1) / n_valid
             per_input = per_row.view(B, S).mean(1) + config.beta * info
             (grad,) = torch.autograd.grad(per_input.sum(), alpha)
             alpha.grad = grad
@@ -407,8 +467,25 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
 
     with torch.no_grad():
         lam = mask(alpha)
-        capacity = kl_capacity(lam, r, st.active, prior)
+        capacity = information(lam)
     return BottleneckFit(alpha.detach(), lam, capacity, torch.stack(losses))
+
+
+def _reaches(output: Tensor, source: Tensor) -> bool:
+    """Whether ``output`` was computed from ``source``: a walk of the autograd graph."""
+    target = source.grad_fn
+    if target is None or output.grad_fn is None:
+        return False
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
 
 
 def row_loss_for(target, logits: Tensor | None, loss_fn: LossFn | None, batch_size: int,

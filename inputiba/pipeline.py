@@ -9,7 +9,8 @@
    a mask in ``[0, 1]`` at input resolution.
 
 All inputs of a call run through the stages together, each with its own
-masks, generator parameters and critic.
+masks, generator parameters and critic. Text classifiers go through the same
+stages on their embedding layer's output (:mod:`inputiba.adapters`).
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .estimation import FeatureStats
-from .gan import GANConfig, GANResult, fit_gan, initial_mask_logits
-from .hooks import features_at, preserved_state
+from .adapters import adapter_for
+from .estimation import FeatureStats, estimate_stats
+from .gan import GANConfig, GANResult, fit_gan
+from .hooks import cudnn_rnn_disabled, features_at, preserved_state
 from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
-from .input_stage import INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
+from .input_stage import INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
+from .io import atomic_path
 from .validation import check_finite, model_device, slice_targets
 
 __all__ = ["PRESETS", "preset_for", "InputIBAConfig", "InputIBAResult", "InputIBA"]
@@ -74,15 +77,26 @@ class InputIBAConfig:
         return replace(cfg, gan=replace(cfg.gan, n_samples=64, epochs=5),
                        input=replace(cfg.input, steps=30))
 
+    @classmethod
+    def text(cls) -> "InputIBAConfig":
+        """The published settings for text: feature beta 15; GAN mask lr 0.03;
+        input beta 30, 30 steps, lr 0.5; no blur anywhere."""
+        cfg = cls()
+        return replace(cfg, feature=IBAConfig.text(), gan=replace(cfg.gan, lr_mask=0.03),
+                       input=replace(TEXT_INPUT_DEFAULTS))
+
 
 @dataclass
 class InputIBAResult:
     """The outputs of every stage, per input.
 
     Attributes:
-        mask: ``(B, H, W)`` the InputIBA attribution, in ``[0, 1]``.
-        feature_map: ``(B, H, W)`` the feature stage's map, bits per pixel.
-        gan_mask: ``(B, C, H, W)`` the GAN's ``lambda_G``, in ``[0, 1]``.
+        mask: ``(B, H, W)`` the InputIBA attribution, in ``[0, 1]`` (text:
+            ``(B, T)``, one score per token, 0 at padding).
+        feature_map: ``(B, H, W)`` the feature stage's map, bits per pixel
+            (text: ``(B, T)`` bits per token).
+        gan_mask: ``(B, C, H, W)`` the GAN's ``lambda_G``, in ``[0, 1]``
+            (text: ``(B, T, D)`` over the embeddings).
         targets: ``(B,)`` class explained (``None`` with a custom loss).
         feature: the feature stage's :class:`~inputiba.iba.IBAResult`.
         gan: the :class:`~inputiba.gan.GANResult`.
@@ -111,17 +125,30 @@ class InputIBA:
         mask = att.attribute(x, target=y)          # (B, H, W) in [0, 1]
         res = att.attribute(x, return_stages=True)  # every stage's output
 
+    A text classifier (token ids ``(B, T)``, padded with the embedding's
+    ``padding_idx``) is explained per token by naming its embedding layer::
+
+        att = InputIBA(model, layer="lstm.3", input_layer="embedding")
+        att.estimate(loader)                        # (ids, labels) batches
+        scores = att.attribute(ids, target=y)       # (B, T) in [0, 1]
+
     Args:
-        model: a classifier taking ``(B, C, H, W)`` images.
+        model: a classifier taking ``(B, C, H, W)`` images (or token ids).
         layer: the feature stage's layer (dotted name or module); ``None``
             takes the preset of the model's family (:data:`PRESETS`).
-        config: an :class:`InputIBAConfig`.
+        config: an :class:`InputIBAConfig` (default: the published one,
+            :meth:`InputIBAConfig.text` for text).
         stats: feature statistics estimated earlier for ``layer``.
+        input_layer: the embedding layer of a text classifier.
+        pad_index: padding id (default: the embedding's ``padding_idx``).
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 config: InputIBAConfig | None = None, stats: FeatureStats | None = None) -> None:
-        self.config = config or InputIBAConfig()
+                 config: InputIBAConfig | None = None, stats: FeatureStats | None = None, *,
+                 input_layer: str | nn.Module | None = None, pad_index: int | None = None) -> None:
+        self.adapter = adapter_for(model, input_layer, pad_index)
+        text = self.adapter.kind == "tokens"
+        self.config = config or (InputIBAConfig.text() if text else InputIBAConfig())
         feature_cfg = self.config.feature
         if layer is None:
             preset = preset_for(model)
@@ -130,7 +157,10 @@ class InputIBA:
             feature_cfg = replace(feature_cfg, **extra)
         feature_cfg = replace(feature_cfg, max_batch=max(feature_cfg.max_batch, self.config.max_batch))
         self.model = model
-        self.feature_iba = IBA(model, layer, feature_cfg, stats=stats)
+        self.feature_iba = IBA(model, layer, feature_cfg, stats=stats, input_layer=input_layer,
+                               pad_index=pad_index)
+        #: text: statistics of the embeddings (the input stage's noise); images: ``None``, N(0, 1)
+        self.input_stats: FeatureStats | None = None
 
     @property
     def layer_name(self) -> str:
@@ -143,16 +173,52 @@ class InputIBA:
         return self.feature_iba.stats
 
     def estimate(self, loader: Iterable, n_samples: int = 1000, progress: bool = False) -> FeatureStats:
-        """Estimate the feature layer's statistics (InputIBA's default: 1000 samples)."""
-        return self.feature_iba.estimate(loader, n_samples, progress)
+        """Estimate the feature layer's statistics (InputIBA's default: 1000 samples).
+
+        For text the embeddings' statistics are estimated too, in a second
+        pass over ``loader`` (which must be re-iterable, as a DataLoader or a
+        list is).
+        """
+        adapter = self.adapter
+        if adapter.kind == "tokens" and iter(loader) is loader:
+            raise ValueError("InputIBA for text reads the loader twice (features and embeddings); "
+                             "pass a re-iterable loader such as a DataLoader or a list, not an iterator")
+        stats = self.feature_iba.estimate(loader, n_samples, progress)
+        if adapter.kind == "tokens":
+            self.input_stats = estimate_stats(
+                self.model, adapter.embedding, loader, n_samples, min_std=self.config.input.min_std,
+                active_threshold=0.0, layer_name=adapter.embedding_name, progress=progress,
+                positions=adapter.valid)
+        return stats
 
     def save_stats(self, path: str | os.PathLike) -> None:
-        """Write the feature statistics to ``path`` (atomically)."""
-        self.feature_iba.save_stats(path)
+        """Write the statistics to ``path`` (atomically).
+
+        Images: the feature statistics, a file :meth:`IBA.load_stats` reads
+        too. Text: the feature and the embedding statistics in one file.
+        """
+        feature = self.feature_iba._require_stats()
+        if self.input_stats is None:
+            feature.save(path)
+            return
+        with atomic_path(path) as tmp:
+            torch.save({"feature": feature.state_dict(), "input": self.input_stats.state_dict()}, tmp)
 
     def load_stats(self, path: str | os.PathLike) -> FeatureStats:
-        """Read feature statistics written by :meth:`save_stats`."""
-        return self.feature_iba.load_stats(path)
+        """Read statistics written by :meth:`save_stats`; returns the feature statistics."""
+        state = FeatureStats.read_state(path)
+        if "feature" in state:
+            self.feature_iba.stats = FeatureStats.from_state_dict(state["feature"], path)
+            self.input_stats = FeatureStats.from_state_dict(state["input"], path)
+        else:
+            self.feature_iba.stats = FeatureStats.from_state_dict(state, path)
+        return self.feature_iba.stats
+
+    def _require_stats(self) -> None:
+        self.feature_iba._require_stats()
+        if self.adapter.kind == "tokens" and self.input_stats is None:
+            raise RuntimeError("InputIBA for text needs the embeddings' statistics as well: call "
+                               "estimate(loader) or load_stats(path) of a file saved by InputIBA")
 
     def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
                   loss_fn: LossFn | None = None, seed: int | None = None,
@@ -161,7 +227,8 @@ class InputIBA:
         """Explain each image at input resolution.
 
         Args:
-            inputs: ``(B, C, H, W)`` images as the model takes them.
+            inputs: ``(B, C, H, W)`` images as the model takes them (text:
+                ``(B, T)`` token ids).
             target: ``None`` (predicted class), an int, or one index per image.
             loss_fn: replaces the cross-entropy (see :meth:`IBA.attribute`).
             seed: seed of every random draw, for reproducible masks.
@@ -170,16 +237,14 @@ class InputIBA:
             log_dir: write each stage's losses to TensorBoard there.
 
         Returns:
-            ``(B, H, W)`` masks in ``[0, 1]`` on the model's device, or an
-            :class:`InputIBAResult`.
+            ``(B, H, W)`` masks in ``[0, 1]`` (text: ``(B, T)``) on the
+            model's device, or an :class:`InputIBAResult`.
         """
-        if not isinstance(inputs, Tensor) or inputs.dim() != 4:
-            raise ValueError("InputIBA explains image batches of shape (B, C, H, W); got "
-                             f"{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+        self.adapter.check_inputs(inputs)
         if inputs.shape[0] == 0:
             raise ValueError("inputs hold no samples (batch size 0)")
         check_finite(inputs)
-        self.feature_iba._require_stats()
+        self._require_stats()
         inputs = inputs.to(model_device(self.model))
         step = self.config.max_batch
         starts = range(0, inputs.shape[0], step)
@@ -192,7 +257,7 @@ class InputIBA:
             writer = SummaryWriter(os.fspath(log_dir))
         parts = []
         try:
-            with preserved_state(self.model):
+            with preserved_state(self.model), cudnn_rnn_disabled(self.model):
                 for k, start in enumerate(starts):
                     sl = slice(start, start + step)
                     part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
@@ -216,6 +281,7 @@ class InputIBA:
 
         cfg = self.config
         iba = self.feature_iba
+        adapter = self.adapter
         clock = _StageClock(x.device)
         feat = iba.attribute(x, target, loss_fn=loss_fn, seed=stage_seed(0), return_result=True)
         clock.lap("feature")
@@ -223,20 +289,22 @@ class InputIBA:
 
         with torch.no_grad():
             features = features_at(self.model, iba.layer, x, iba.layer_name)
+            point_shape = tuple(adapter.point_values(self.model, x).shape)
         real_mask = feat.lam if cfg.gan.real_mask == "lambda" else feat.capacity
         gan = fit_gan(self.model, iba.layer, x, features, real_mask,
-                      initial_mask_logits(feat.lam, tuple(x.shape)), cfg.gan,
-                      seed=stage_seed(1), layer_name=iba.layer_name)
+                      adapter.initial_mask_logits(feat.lam, point_shape), cfg.gan,
+                      seed=stage_seed(1), layer_name=iba.layer_name, adapter=adapter)
         clock.lap("gan")
         _advance(bar, "GAN")
 
         explained = feat.targets if loss_fn is None else target
         _, row_loss = row_loss_for(explained, None, loss_fn, x.shape[0], cfg.input.n_copies, x.device)
-        fit = fit_input_bottleneck(self.model, x, gan.mask, row_loss, cfg.input, seed=stage_seed(2))
+        fit = fit_input_bottleneck(self.model, x, gan.mask, row_loss, cfg.input, seed=stage_seed(2),
+                                   adapter=adapter, stats=self.input_stats)
         clock.lap("input")
         _advance(bar, "input")
-        return InputIBAResult(input_attribution(fit), feat.saliency, gan.mask, feat.targets,
-                              feat, gan, fit, clock.seconds)
+        mask = input_attribution(fit, adapter, adapter.valid(x))
+        return InputIBAResult(mask, feat.saliency, gan.mask, feat.targets, feat, gan, fit, clock.seconds)
 
 
 def preset_for(model: nn.Module) -> dict:

@@ -1,0 +1,213 @@
+"""How images and token sequences differ, in one small object each.
+
+The stages (feature bottleneck, GAN, input bottleneck) are written once. What
+depends on the kind of input lives here:
+
+- where the *input point* is: the pixels, which the model takes directly, or
+  the output of an embedding layer (``(B, T, D)``) for token ids ``(B, T)``;
+- which positions are real: every pixel, or the tokens that are not padding;
+- how a feature map is laid out (``(C, h, w)`` or ``(T, H)`` channel-last) and
+  therefore how statistics are pooled, how a mask starts and what the GAN's
+  critic convolves over;
+- how per-element values become one score per pixel or per token.
+
+:class:`ImageAdapter` and :class:`TokenAdapter` are the two; :func:`adapter_for`
+picks one from an optional embedding layer.
+"""
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bottleneck import capacity_to_saliency
+from .hooks import features_at, replaced, resolve_layer
+
+__all__ = ["ImageAdapter", "TokenAdapter", "Adapter", "adapter_for", "expand_valid"]
+
+
+class ImageAdapter:
+    """Images ``(B, C, H, W)``: the input point is the model's input itself.
+
+    Feature maps are ``(C, h, w)`` per input with per-element statistics.
+    """
+
+    kind = "image"
+    #: dimensions of a feature map (after the batch) pooled by the statistics
+    pooled_dims = 0
+    #: spatial dimensions the GAN's critic convolves over
+    critic_dims = 2
+
+    def check_inputs(self, inputs: Tensor) -> None:
+        """Raise ``ValueError`` unless ``inputs`` is a ``(B, C, H, W)`` float batch."""
+        if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+            got = (f"{tuple(inputs.shape)} {inputs.dtype}" if isinstance(inputs, Tensor)
+                   else type(inputs).__name__)
+            raise ValueError(f"expected image batches of shape (B, C, H, W) as floats; got {got}")
+
+    def valid(self, inputs: Tensor) -> Tensor | None:
+        """Real positions; ``None``: every pixel is real."""
+        return None
+
+    def input_point(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """``(module, "input" | "output")`` where the input bottleneck and the GAN act."""
+        return model, "input"
+
+    def point_values(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        """The clean values at the input point: the images."""
+        return inputs
+
+    def run_to_layer(self, model: nn.Module, layer: nn.Module, inputs: Tensor, points: Tensor,
+                     layer_name: str) -> Tensor:
+        """Features at ``layer`` for ``points`` ``(B * n, *point)``, ``n`` per input in order."""
+        return features_at(model, layer, points, layer_name)
+
+    def repeat_inputs(self, inputs: Tensor, points: Tensor, n: int) -> Tensor:
+        """What the model is called with when the input point holds ``n`` copies per input.
+
+        The input bottleneck replaces the model's input in a pre-hook, so the
+        model is called with the ``B`` clean rows.
+        """
+        return inputs
+
+    def feature_saliency(self, capacity: Tensor, inputs: Tensor, valid: Tensor | None) -> Tensor | None:
+        """``(B, H, W)`` bits per pixel, or ``None`` for features that are not ``(C, h, w)`` maps."""
+        if capacity.dim() != 4:
+            return None
+        return capacity_to_saliency(capacity, tuple(inputs.shape[-2:]))
+
+    def noise_shape(self, points: Tensor) -> tuple[int, ...]:
+        """Shape of the GAN's noise mean and std: one per input and channel."""
+        return (points.shape[0], points.shape[1]) + (1,) * (points.dim() - 2)
+
+    def initial_mask_logits(self, feature_lam: Tensor, point_shape: tuple[int, ...]) -> Tensor:
+        """GAN mask logits starting at the feature mask seen at input resolution.
+
+        ``logit`` of the channel-mean of ``feature_lam`` ``(B, C_f, h, w)``,
+        bilinearly resized to ``(H, W)`` and clamped to ``[0.01, 0.99]``;
+        ``(B, C, H, W)``.
+        """
+        B, C, H, W = point_shape
+        mean = feature_lam.mean(dim=1, keepdim=True)
+        resized = F.interpolate(mean, size=(H, W), mode="bilinear", align_corners=False)
+        return torch.logit(resized.clamp(0.01, 0.99)).expand(B, C, H, W).contiguous()
+
+    def critic_view(self, samples: Tensor, valid: Tensor | None) -> Tensor:
+        """``(B, n, C, h, w)`` feature samples as the critic reads them (unchanged)."""
+        return samples
+
+    def attribution(self, alpha: Tensor, valid: Tensor | None) -> Tensor:
+        """``(B, H, W)``: ``sigmoid(alpha)`` of the input bottleneck averaged over channels."""
+        return torch.sigmoid(alpha).mean(dim=1)
+
+
+class TokenAdapter:
+    """Token ids ``(B, T)``: the input point is the embedding layer's output ``(B, T, D)``.
+
+    Feature maps are ``(T, H)`` per input, channel-last (an LSTM's output
+    sequence). Statistics are pooled over the real positions of every text,
+    one mean and std per feature channel, since position ``t`` of one text has
+    nothing in common with position ``t`` of another. Padding is found from
+    the ids: every position equal to ``pad_index``.
+
+    Args:
+        model: the classifier.
+        embedding: its embedding layer, by name or module.
+        pad_index: the padding id; ``None`` takes the embedding's
+            ``padding_idx``.
+    """
+
+    kind = "tokens"
+    pooled_dims = 1
+    critic_dims = 1
+
+    def __init__(self, model: nn.Module, embedding: str | nn.Module, pad_index: int | None = None) -> None:
+        self.embedding_name, self.embedding = resolve_layer(model, embedding)
+        if pad_index is None:
+            pad_index = getattr(self.embedding, "padding_idx", None)
+        if pad_index is None:
+            raise ValueError(
+                f"cannot tell padding from text: layer {self.embedding_name!r} has no padding_idx; pass "
+                "pad_index= (an id outside the vocabulary, e.g. -1, if batches are never padded)")
+        self.pad_index = int(pad_index)
+
+    def check_inputs(self, inputs: Tensor) -> None:
+        """Raise ``ValueError`` unless ``inputs`` is a ``(B, T)`` integer batch with a token in each row."""
+        if not isinstance(inputs, Tensor) or inputs.dim() != 2 or inputs.is_floating_point():
+            got = (f"{tuple(inputs.shape)} {inputs.dtype}" if isinstance(inputs, Tensor)
+                   else type(inputs).__name__)
+            raise ValueError(f"expected token ids of shape (B, T) as integers; got {got}")
+        empty = ~(inputs != self.pad_index).any(dim=1)
+        if empty.any():
+            raise ValueError(f"text {int(empty.nonzero()[0])} of the batch is empty (padding only)")
+
+    def valid(self, inputs: Tensor) -> Tensor:
+        """``(B, T)`` bool, true at real tokens."""
+        return inputs != self.pad_index
+
+    def input_point(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """The embedding layer's output."""
+        return self.embedding, "output"
+
+    def point_values(self, model: nn.Module, inputs: Tensor) -> Tensor:
+        """``(B, T, D)`` the embeddings of ``inputs``."""
+        return features_at(model, self.embedding, inputs, self.embedding_name)
+
+    def run_to_layer(self, model: nn.Module, layer: nn.Module, inputs: Tensor, points: Tensor,
+                     layer_name: str) -> Tensor:
+        """Features at ``layer`` with the embeddings replaced by ``points`` ``(B * n, T, D)``."""
+        n = points.shape[0] // inputs.shape[0]
+        with replaced(self.embedding, "output", lambda original: points):
+            return features_at(model, layer, inputs.repeat_interleave(n, dim=0), layer_name)
+
+    def repeat_inputs(self, inputs: Tensor, points: Tensor, n: int) -> Tensor:
+        """The ids repeated ``n`` times each: the model's batch must match the embeddings'."""
+        return inputs.repeat_interleave(n, dim=0)
+
+    def feature_saliency(self, capacity: Tensor, inputs: Tensor, valid: Tensor | None) -> Tensor:
+        """``(B, T)`` bits per token: the capacity summed over the feature channels, 0 at padding."""
+        bits = capacity.flatten(2).sum(dim=2) / math.log(2.0)
+        return bits * valid if valid is not None else bits
+
+    def noise_shape(self, points: Tensor) -> tuple[int, ...]:
+        """One noise mean and std per input and embedding dimension: ``(B, 1, D)``."""
+        return (points.shape[0], 1, points.shape[2])
+
+    def initial_mask_logits(self, feature_lam: Tensor, point_shape: tuple[int, ...]) -> Tensor:
+        """``(B, T, D)`` ``logit`` of the feature mask averaged over channels, per token."""
+        B, T, D = point_shape
+        mean = feature_lam.flatten(2).mean(dim=2, keepdim=True)
+        return torch.logit(mean.clamp(0.01, 0.99)).expand(B, T, D).contiguous()
+
+    def critic_view(self, samples: Tensor, valid: Tensor | None) -> Tensor:
+        """``(B, n, T, H)`` samples as ``(B, n, H, T)``, zero at padding for real and fake alike."""
+        if valid is not None:
+            samples = samples * valid[:, None, :, None].to(samples.dtype)
+        return samples.transpose(-1, -2)
+
+    def attribution(self, alpha: Tensor, valid: Tensor | None) -> Tensor:
+        """``(B, T)``: ``sigmoid(alpha)`` averaged over the embedding dimension, 0 at padding."""
+        scores = torch.sigmoid(alpha).mean(dim=-1)
+        return scores * valid if valid is not None else scores
+
+
+Adapter = ImageAdapter | TokenAdapter
+
+
+def adapter_for(model: nn.Module, input_layer: str | nn.Module | None,
+                pad_index: int | None = None) -> Adapter:
+    """:class:`TokenAdapter` when an embedding layer is named, else :class:`ImageAdapter`."""
+    if input_layer is None:
+        if pad_index is not None:
+            raise ValueError("pad_index is for text models: name their embedding layer with input_layer=")
+        return ImageAdapter()
+    return TokenAdapter(model, input_layer, pad_index)
+
+
+def expand_valid(valid: Tensor | None, like: Tensor) -> Tensor | None:
+    """``(B, T)`` real positions as a float mask broadcastable to ``like`` ``(B, T, ...)``."""
+    if valid is None:
+        return None
+    return valid.to(like.dtype).view(*valid.shape, *([1] * (like.dim() - valid.dim())))
+
