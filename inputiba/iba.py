@@ -186,8 +186,13 @@ class IBA:
         self._require_stats().save(path)
 
     def load_stats(self, path: str | os.PathLike) -> FeatureStats:
-        """Read statistics written by :meth:`save_stats` (``weights_only`` load)."""
-        self.stats = FeatureStats.load(path)
+        """Read statistics written by :meth:`save_stats` (``weights_only`` load).
+
+        Also reads the feature part of a file written by a text
+        :class:`~inputiba.pipeline.InputIBA`'s ``save_stats``.
+        """
+        state = FeatureStats.read_state(path)
+        self.stats = FeatureStats.from_state_dict(state.get("feature", state), path)
         return self.stats
 
     def _require_stats(self) -> FeatureStats:

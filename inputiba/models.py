@@ -1,13 +1,18 @@
-"""The small CNN the demo explains, and loading of its shipped weights.
+"""The models the project ships, and loading of weights.
 
 ``FashionCNN`` is a VGG-style network for ``(1, 28, 28)`` FashionMNIST images.
 Its trained weights, the bottleneck statistics at :data:`FASHION_CNN_LAYER` and
 16 test images live in the repository's ``pretrained/`` folder, written by
 ``pretrained/train_fashion_mnist.py``.
+
+``LSTMClassifier`` is the DeepLSTM-style text classifier (embedding, stacked
+LSTMs, linear head); :func:`save_text_classifier` / :func:`load_text_classifier`
+keep it in one file with its vocabulary and settings.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -15,8 +20,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["FashionCNN", "FASHION_CNN_LAYER", "load_state", "pretrained_path", "load_fashion_cnn",
-           "bundled_samples",
-           "build_model", "hub_weights_path", "load_model"]
+           "bundled_samples", "build_model", "hub_weights_path", "load_model",
+           "LSTMClassifier", "TEXT_INPUT_LAYER", "TextCheckpoint", "save_text_classifier", "load_text_classifier"]
+
+#: The embedding layer's name in :class:`LSTMClassifier`.
+TEXT_INPUT_LAYER = "embedding"
 
 #: The layer the bottleneck goes at: the first conv of the second block,
 #: before its ReLU, ``(64, 14, 14)`` per image (the analogue of VGG16's
@@ -242,3 +250,131 @@ def load_model(arch: str, weights: str | os.PathLike | None, num_classes: int | 
     if weights is not None:
         load_state(model, weights)
     return model.eval()
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding, stacked LSTMs, and a linear head on the last real token's output.
+
+    Input ``(B, T)`` token ids, right-padded with ``pad_index``; output
+    ``(B, n_classes)`` logits. The LSTMs are separate modules ``lstm.0``,
+    ``lstm.1``, ... so a bottleneck can go on any one's output sequence
+    ``(B, T, hidden_size)``. The head reads the top LSTM's *output sequence*
+    at each text's last real token (for a unidirectional LSTM the same value
+    as its final hidden state), so a bottleneck on that sequence reaches the
+    decision; a head on the returned ``(h, c)`` would bypass it. Padding
+    comes after the real tokens and so never changes their outputs.
+
+    Args:
+        vocab_size: rows of the embedding (the vocabulary's size).
+        n_classes: outputs.
+        embedding_dim: embedding width.
+        hidden_size: width of every LSTM.
+        num_layers: stacked LSTMs.
+        dropout: dropout between layers and before the head (training only).
+        pad_index: padding id (the embedding's ``padding_idx``).
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int = 2, embedding_dim: int = 100,
+                 hidden_size: int = 256, num_layers: int = 4, dropout: float = 0.3,
+                 pad_index: int = 0) -> None:
+        super().__init__()
+        self._settings = {"vocab_size": vocab_size, "n_classes": n_classes, "embedding_dim": embedding_dim,
+                          "hidden_size": hidden_size, "num_layers": num_layers, "dropout": dropout,
+                          "pad_index": pad_index}
+        self.pad_index = pad_index
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_index)
+        sizes = [embedding_dim] + [hidden_size] * num_layers
+        self.lstm = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1], batch_first=True)
+                                  for i in range(num_layers))
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, n_classes)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``(B, T)`` token ids to ``(B, n_classes)`` logits."""
+        lengths = (ids != self.pad_index).sum(dim=1).clamp_min(1)
+        x = self.embedding(ids)
+        for lstm in self.lstm:
+            x, _ = lstm(self.drop(x))
+        last = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        return self.head(self.drop(last))
+
+    def settings(self) -> dict:
+        """The constructor's arguments, to rebuild the model."""
+        return dict(self._settings)
+
+    @property
+    def feature_layer(self) -> str:
+        """The default layer of the feature bottleneck: the LSTM below the top one.
+
+        The head reads the top LSTM only at the last token, so a bottleneck on
+        the top LSTM's sequence matters at that one position and gives a
+        degenerate map. The outputs of the LSTM below feed the top one at
+        every position. A one-layer model has only its top LSTM.
+        """
+        return f"lstm.{max(len(self.lstm) - 2, 0)}"
+
+
+@dataclass
+class TextCheckpoint:
+    """A text classifier with everything needed to use it.
+
+    Attributes:
+        model: the :class:`LSTMClassifier`, in eval mode.
+        vocab: its :class:`inputiba.text.Vocabulary`.
+        classes: class names in output order.
+        info: free-form facts about training (accuracy, data, seed).
+    """
+
+    model: "LSTMClassifier"
+    vocab: object
+    classes: list[str]
+    info: dict = field(default_factory=dict)
+
+
+def save_text_classifier(path: str | os.PathLike, model: "LSTMClassifier", vocab, classes: list[str],
+                         info: dict | None = None) -> None:
+    """Write model weights, settings, vocabulary and class names to one file, atomically.
+
+    Only tensors, strings and numbers are stored: the file loads with
+    ``weights_only=True``.
+    """
+    from .io import atomic_path
+
+    state = {"format": "inputiba.text_classifier/1", "settings": model.settings(),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "vocab": list(vocab.tokens), "classes": list(classes), "info": dict(info or {})}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_text_classifier(path: str | os.PathLike | None = None) -> TextCheckpoint:
+    """Read a file written by :func:`save_text_classifier` (``weights_only`` load).
+
+    Args:
+        path: the file; ``None`` takes the shipped
+            ``pretrained/rotten_tomatoes_lstm.pt``.
+
+    Raises:
+        ValueError: the file is corrupt, not a text-classifier file, or its
+            vocabulary and weights disagree.
+    """
+    from .text import Vocabulary, check_vocabulary
+
+    path = pretrained_path("rotten_tomatoes_lstm.pt") if path is None else path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"cannot read a text classifier from {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != "inputiba.text_classifier/1":
+        raise ValueError(f"{path} is not a text-classifier file written by save_text_classifier")
+    try:
+        model = LSTMClassifier(**state["settings"])
+    except TypeError as err:
+        raise ValueError(f"{path} holds unknown model settings: {err}") from err
+    vocab = Vocabulary(state["vocab"])
+    check_vocabulary(model, vocab)
+    _check_keys(model, state["state_dict"], path)
+    model.load_state_dict(state["state_dict"])
+    return TextCheckpoint(model.eval(), vocab, list(state["classes"]), dict(state["info"]))

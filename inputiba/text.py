@@ -1,0 +1,246 @@
+"""Text for the LSTM classifiers: tokens, a vocabulary, padded batches, and showing token scores.
+
+Our own small code (torchtext is dead): a regular-expression tokenizer for
+English, a frequency-cut vocabulary with ``<pad>`` = 0 and ``<unk>`` = 1,
+right-padded id batches, optional GloVe vectors from a local text file, and
+three renderings of per-token scores: coloured terminal text, a self-contained
+HTML page (every token escaped) and JSON.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .io import atomic_path
+
+__all__ = ["PAD", "UNK", "tokenize", "Vocabulary", "encode_batch", "check_vocabulary", "load_glove",
+           "TokenScores", "render_terminal", "render_html", "scores_to_json"]
+
+PAD, UNK = "<pad>", "<unk>"
+
+_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+_TAGS = re.compile(r"<[^>]{0,20}>")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words, contractions kept whole (``don't``), each punctuation mark a token.
+
+    HTML line breaks (IMDb's ``<br />``) are dropped.
+    """
+    return _TOKEN.findall(_TAGS.sub(" ", text.lower()))
+
+
+class Vocabulary:
+    """Tokens to ids and back; id 0 is ``<pad>``, id 1 is ``<unk>``.
+
+    Args:
+        tokens: the tokens in id order, starting with ``<pad>`` and ``<unk>``.
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        tokens = list(tokens)
+        if tokens[:2] != [PAD, UNK]:
+            raise ValueError(f"a vocabulary starts with {PAD!r} and {UNK!r}, got {tokens[:2]}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("the vocabulary holds duplicate tokens")
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    pad_index = 0
+    unk_index = 1
+
+    @classmethod
+    def build(cls, texts: Iterable[Sequence[str]], max_size: int = 20000, min_freq: int = 2) -> "Vocabulary":
+        """The ``max_size`` most frequent tokens seen at least ``min_freq`` times (ties by token)."""
+        counts = Counter(t for tokens in texts for t in tokens)
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)),
+                      key=lambda t: (-counts[t], t))
+        return cls([PAD, UNK] + kept[: max(0, max_size - 2)])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of ``tokens``; unknown tokens map to ``<unk>``."""
+        return [self.index.get(t, self.unk_index) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens of ``ids``, padding left out."""
+        return [self.tokens[i] for i in ids if i != self.pad_index]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary as a JSON list, atomically."""
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.tokens, f, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Vocabulary":
+        """Read a vocabulary written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is not a JSON list of tokens.
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a vocabulary file (JSON): {err}") from err
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError(f"{path} is not a vocabulary file: expected a JSON list of tokens")
+        return cls(tokens)
+
+
+def encode_batch(texts: Sequence[str] | Sequence[Sequence[str]], vocab: Vocabulary,
+                 max_length: int | None = None) -> tuple[Tensor, list[list[str]]]:
+    """Token ids of several texts, right-padded with ``<pad>``.
+
+    Args:
+        texts: raw strings (tokenized with :func:`tokenize`) or token lists.
+        vocab: the model's vocabulary.
+        max_length: cut longer texts to their first ``max_length`` tokens.
+
+    Returns:
+        ``(ids, tokens)``: ``(B, T)`` long tensor, ``T`` the longest text,
+        and the tokens of each text as used (after cutting).
+
+    Raises:
+        ValueError: no texts, or a text without any token (its index named).
+    """
+    if len(texts) == 0:
+        raise ValueError("no texts to encode")
+    token_lists = [tokenize(t) if isinstance(t, str) else list(t) for t in texts]
+    if max_length is not None:
+        token_lists = [tokens[:max_length] for tokens in token_lists]
+    for i, tokens in enumerate(token_lists):
+        if not tokens:
+            raise ValueError(f"text {i} is empty: it holds no token to explain")
+    ids = torch.full((len(token_lists), max(map(len, token_lists))), vocab.pad_index, dtype=torch.long)
+    for i, tokens in enumerate(token_lists):
+        ids[i, : len(tokens)] = torch.tensor(vocab.encode(tokens))
+    return ids, token_lists
+
+
+def check_vocabulary(model: nn.Module, vocab: Vocabulary, embedding: str = "embedding") -> None:
+    """Raise ``ValueError`` unless ``model``'s embedding has one row per vocabulary token."""
+    layer = dict(model.named_modules()).get(embedding)
+    if not isinstance(layer, nn.Embedding):
+        raise ValueError(f"model {type(model).__name__} has no nn.Embedding named {embedding!r}")
+    if layer.num_embeddings != len(vocab):
+        raise ValueError(f"vocabulary of {len(vocab)} tokens does not match the model's embedding of "
+                         f"{layer.num_embeddings} rows: they come from different training runs")
+
+
+def load_glove(path: str | os.PathLike, vocab: Vocabulary, dim: int | None = None,
+               seed: int = 0) -> tuple[Tensor, int]:
+    """Embedding weights for ``vocab`` from a local GloVe text file (``word v1 v2 ...`` per line).
+
+    Tokens missing from the file get ``N(0, 0.1^2)`` vectors drawn with
+    ``seed``; ``<pad>`` gets zeros.
+
+    Returns:
+        ``(weights (len(vocab), dim), found)``: the matrix and how many
+        vocabulary tokens the file held.
+
+    Raises:
+        ValueError: a line has the wrong number of values, or nothing matched.
+    """
+    g = torch.Generator().manual_seed(seed)
+    weights: Tensor | None = None
+    found = 0
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            word, *values = line.rstrip().split(" ")
+            if dim is None:
+                dim = len(values)
+            if len(values) != dim:
+                raise ValueError(f"{path}:{n}: {len(values)} values, expected {dim}")
+            if weights is None:
+                weights = torch.randn(len(vocab), dim, generator=g) * 0.1
+            i = vocab.index.get(word)
+            if i is not None and i > vocab.unk_index:
+                weights[i] = torch.tensor([float(v) for v in values])
+                found += 1
+    if weights is None or found == 0:
+        raise ValueError(f"{path} holds no vector for any token of the vocabulary")
+    weights[vocab.pad_index] = 0
+    return weights, found
+
+
+@dataclass
+class TokenScores:
+    """One explained text: its tokens and one score per token.
+
+    Attributes:
+        tokens: the text's tokens.
+        scores: one float per token (units of the method, e.g. ``[0, 1]``).
+        label: the class explained, as a name or index.
+        probability: the model's probability of that class, if known.
+    """
+
+    tokens: list[str]
+    scores: list[float]
+    label: str | int | None = None
+    probability: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.scores):
+            raise ValueError(f"{len(self.tokens)} tokens but {len(self.scores)} scores")
+
+
+def _shades(scores: Sequence[float]) -> list[float]:
+    """Scores scaled to ``[0, 1]`` by the text's largest one (all 0 when none is positive)."""
+    top = max((s for s in scores if math.isfinite(s)), default=0.0)
+    return [min(max(s / top, 0.0), 1.0) if top > 0 and math.isfinite(s) else 0.0 for s in scores]
+
+
+def render_terminal(item: TokenScores) -> str:
+    """The text with each token on a red background as strong as its score (24-bit ANSI colour)."""
+    parts = []
+    for token, shade in zip(item.tokens, _shades(item.scores)):
+        g = b = int(round(255 * (1 - shade)))
+        fg = "97" if shade > 0.6 else "30"
+        parts.append(f"\x1b[{fg};48;2;255;{g};{b}m{token}\x1b[0m")
+    head = "" if item.label is None else f"[{item.label}" + (
+        "" if item.probability is None else f" p={item.probability:.3f}") + "] "
+    return head + " ".join(parts)
+
+
+def render_html(items: Sequence[TokenScores], title: str = "Token attribution") -> str:
+    """A self-contained HTML page: one paragraph per text, tokens highlighted by score.
+
+    Every token, label and the title are HTML-escaped; the score is in each
+    token's tooltip.
+    """
+    rows = []
+    for item in items:
+        spans = []
+        for token, score, shade in zip(item.tokens, item.scores, _shades(item.scores)):
+            spans.append(f'<span style="background: rgba(220, 40, 40, {shade:.3f})" '
+                         f'title="{score:.4g}">{html.escape(token)}</span>')
+        head = ""
+        if item.label is not None:
+            p = "" if item.probability is None else f" (p = {item.probability:.3f})"
+            head = f"<div class=label>{html.escape(str(item.label))}{p}</div>"
+        rows.append(f"<div class=text>{head}<p>{' '.join(spans)}</p></div>")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=utf-8>"
+            f"<title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.9}"
+            ".label{font-weight:bold}span{padding:1px 2px;border-radius:3px}"
+            "</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>\n" + "\n".join(rows) + "\n</body></html>\n")
+
+
+def scores_to_json(items: Sequence[TokenScores]) -> str:
+    """The texts, tokens and scores as a JSON list of objects."""
+    return json.dumps([{"tokens": it.tokens, "scores": [float(s) for s in it.scores],
+                        "label": it.label, "probability": it.probability} for it in items],
+                      ensure_ascii=False, indent=1)

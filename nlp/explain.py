@@ -1,0 +1,149 @@
+"""Explain an LSTM text classifier's decisions token by token, with InputIBA or IBA.
+
+Texts come from the command line, a file (one text per line) or standard
+input. Each text's token scores are shown as coloured terminal text, and can
+be written as a self-contained HTML page (``--html``) and as JSON (``--json``),
+each file atomically.
+
+Examples::
+
+    python nlp/explain.py "A moving, beautifully acted film."
+    python nlp/explain.py --file reviews.txt --html out/reviews.html --json out/reviews.json
+    echo "dull and far too long" | python nlp/explain.py --method iba
+    python nlp/explain.py --checkpoint pretrained/synthetic_sentiment_lstm.pt "the plot was superb"
+
+The bundled checkpoint (``pretrained/rotten_tomatoes_lstm.pt``) ships with
+its statistics (``..._stats.pt``), so nothing else is needed. For another
+checkpoint, give ``--stats`` or ``--estimate-from`` a dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from inputiba import IBA, InputIBA, InputIBAConfig
+from inputiba.datasets import imdb, rotten_tomatoes, synthetic_sentiment
+from inputiba.io import atomic_path
+from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
+from inputiba.text import TokenScores, check_vocabulary, encode_batch, render_html, render_terminal, scores_to_json
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("texts", nargs="*", help="texts to explain (default: --file, else standard input)")
+    p.add_argument("--file", default=None, help="a text file with one text per line")
+    p.add_argument("--checkpoint", default=None,
+                   help="text classifier file (default: the bundled Rotten Tomatoes LSTM)")
+    p.add_argument("--method", choices=["inputiba", "iba"], default="inputiba")
+    p.add_argument("--layer", default=None,
+                   help="feature bottleneck layer (default: the LSTM below the top one)")
+    p.add_argument("--target", default="predicted", help="'predicted', a class index or a class name")
+    p.add_argument("--schedule", choices=["published", "fast"], default="fast",
+                   help="InputIBA's GAN schedule: published (200 x 20) or fast (64 x 5)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="weight of the information term of the last stage (published: 30 for InputIBA's "
+                        "input stage, 15 for IBA); lower values open more tokens")
+    p.add_argument("--stats", default=None, help="statistics file (default: <checkpoint stem>_stats.pt)")
+    p.add_argument("--estimate-from", choices=["rotten_tomatoes", "synthetic", "imdb"], default=None,
+                   help="estimate the statistics from this dataset instead")
+    p.add_argument("--imdb-root", default=None, help="aclImdb folder, for --estimate-from imdb")
+    p.add_argument("--max-length", type=int, default=None, help="cut texts to this many tokens")
+    p.add_argument("--html", default=None, help="write an HTML page here")
+    p.add_argument("--json", default=None, help="write the scores as JSON here")
+    p.add_argument("--quiet", action="store_true", help="print nothing to the terminal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def read_texts(args) -> list[str]:
+    if args.texts:
+        return args.texts
+    if args.file:
+        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+    else:
+        lines = sys.stdin.read().splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        sys.exit("no text to explain: give texts as arguments, --file, or on standard input")
+    return texts
+
+
+def resolve_target(target: str, classes: list[str], n: int):
+    if target == "predicted":
+        return None
+    if target in classes:
+        return classes.index(target)
+    try:
+        return int(target)
+    except ValueError:
+        sys.exit(f"--target {target!r} is neither 'predicted', a class index nor one of {classes}")
+
+
+def build_explainer(args, checkpoint):
+    model = checkpoint.model.to(args.device)
+    layer = args.layer or model.feature_layer
+    if args.method == "iba":
+        overrides = {} if args.beta is None else {"beta": args.beta}
+        explainer = IBA(model, layer, input_layer=TEXT_INPUT_LAYER, **overrides)
+    else:
+        config = InputIBAConfig.text(fast=args.schedule == "fast")
+        if args.beta is not None:
+            config = replace(config, input=replace(config.input, beta=args.beta))
+        explainer = InputIBA(model, layer, config, input_layer=TEXT_INPUT_LAYER)
+    if args.estimate_from:
+        data = {"rotten_tomatoes": rotten_tomatoes, "synthetic": synthetic_sentiment}.get(args.estimate_from)
+        data = imdb(args.imdb_root, "train") if args.estimate_from == "imdb" else data()
+        explainer.estimate(data.batches(checkpoint.vocab, 256, max_length=args.max_length), 1000)
+        return explainer
+    stats = Path(args.stats) if args.stats else _default_stats(args.checkpoint)
+    if not stats.is_file():
+        sys.exit(f"no statistics at {stats}: give --stats or --estimate-from")
+    explainer.load_stats(stats)
+    return explainer
+
+
+def _default_stats(checkpoint: str | None) -> Path:
+    path = Path(checkpoint) if checkpoint else pretrained_path("rotten_tomatoes_lstm.pt")
+    return path.with_name(path.stem + "_stats.pt")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    checkpoint = load_text_classifier(args.checkpoint)
+    check_vocabulary(checkpoint.model, checkpoint.vocab)
+    texts = read_texts(args)
+    try:
+        ids, tokens = encode_batch(texts, checkpoint.vocab, args.max_length)
+    except ValueError as err:
+        sys.exit(str(err))
+    explainer = build_explainer(args, checkpoint)
+    target = resolve_target(args.target, checkpoint.classes, len(texts))
+    ids = ids.to(args.device)
+    with torch.no_grad():
+        probs = torch.softmax(checkpoint.model(ids), dim=1)
+    targets = probs.argmax(1) if target is None else torch.full((len(texts),), target, device=ids.device)
+    if int(targets.max()) >= probs.shape[1] or int(targets.min()) < 0:
+        sys.exit(f"--target {args.target} is out of range for {probs.shape[1]} classes")
+    scores = explainer.attribute(ids, target=targets, seed=args.seed)
+    items = [TokenScores(tok, scores[i, : len(tok)].tolist(), checkpoint.classes[int(targets[i])],
+                         float(probs[i, targets[i]]))
+             for i, tok in enumerate(tokens)]
+    if not args.quiet:
+        for item in items:
+            print(render_terminal(item))
+    if args.html:
+        unit = "InputIBA mask in [0, 1]" if args.method == "inputiba" else "IBA, bits per token"
+        with atomic_path(args.html) as tmp:
+            Path(tmp).write_text(render_html(items, f"Token attribution ({unit})"), encoding="utf-8")
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            Path(tmp).write_text(scores_to_json(items), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
