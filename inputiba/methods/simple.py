@@ -1,0 +1,80 @@
+"""Two short methods: the random baseline and TorchRay's linear approximation."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..hooks import LayerNotReached, forward_hooks
+from .base import AttributionMethod, generator, layer_name, register, spatial_output, upsample
+
+__all__ = ["Random", "LinearApproximation"]
+
+
+@register("random")
+class Random(AttributionMethod):
+    """The random baseline: uniform noise in ``[0, 1)``, independent of the model.
+
+    Each image of a call gets its own draw, from a generator seeded with
+    ``seed``: the same batch gives the same maps. ``(B, H, W)``, no unit.
+
+    Args:
+        seed: seed of the draws; ``None`` draws fresh noise at every call.
+    """
+
+    unit = "uniform noise in [0, 1) (no meaning)"
+
+    def __init__(self, model: nn.Module, seed: int | None = 0) -> None:
+        super().__init__(model)
+        self.seed = seed
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        return torch.rand((B, H, W), generator=generator(self.seed)).to(device=x.device, dtype=x.dtype)
+
+
+def layer_activation_and_gradient(model: nn.Module, layer: str, x: Tensor,
+                                  targets: Tensor) -> tuple[Tensor, Tensor]:
+    """A layer's output ``A`` and the gradient of the target scores with respect to it.
+
+    ``A`` is kept as the layer computed it: the model continues on a copy, so
+    an in-place activation after the layer does not change it. Both are
+    ``(B, *layer_shape)``, detached.
+    """
+    module = dict(model.named_modules())[layer]
+    store = {}
+
+    def grab(mod, args, output):
+        store["out"] = output
+        return output.clone() if isinstance(output, Tensor) else output
+
+    with torch.enable_grad(), forward_hooks([(module, grab)]):
+        logits = model(x.clone().requires_grad_(True))
+        if "out" not in store:
+            raise LayerNotReached(f"the forward pass of {type(model).__name__} never called layer {layer!r}")
+        act = spatial_output(layer, store["out"])
+        (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), act)
+    return act.detach(), grad.detach()
+
+
+@register("linear_approximation")
+class LinearApproximation(AttributionMethod):
+    """Linear approximation (TorchRay): gradient times activation at a layer.
+
+    ``sum_k A_k * d score / d A_k`` over the channels of ``layer``'s output,
+    the first-order Taylor term of the target score in the layer's
+    activations, upsampled bilinearly to the input. ``(B, H, W)``, signed:
+    positive where the activations raise the score.
+
+    Args:
+        layer: dotted name or module; ``None`` takes the last ``nn.Conv2d``.
+    """
+
+    unit = "activation x gradient at the layer, summed over channels, upsampled (signed)"
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None) -> None:
+        super().__init__(model)
+        self.layer = layer_name(model, layer)
+
+    def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        act, grad = layer_activation_and_gradient(self.model, self.layer, x, targets)
+        return upsample((act * grad).sum(dim=1), tuple(x.shape[-2:]))
