@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bottleneck import smooth_mask
-from .hooks import preserved_state, resolve_layer
+from .hooks import features_at, preserved_state, replaced, resolve_layer
 from .validation import check_finite, resolve_targets, run_model
 
 __all__ = [
@@ -61,6 +61,9 @@ __all__ = [
     "ssim",
     "spearman",
     "sanity_check",
+    "TextScorer",
+    "token_deletion",
+    "token_insertion",
 ]
 
 #: ``scorer(states, owners) -> logits``: ``states`` ``(N, C, *S)``, ``owners``
@@ -754,3 +757,114 @@ def sanity_check(model: nn.Module, explain: Callable[[nn.Module, Tensor, Tensor]
         after.append(maps())
     return SanityResult([name for name, _ in cuts], torch.stack([ssim(original, m) for m in after]),
                         torch.stack([spearman(original, m) for m in after]), original, torch.stack(after))
+
+
+class TextScorer:
+    """A :data:`Scorer` for a text classifier, fed at its embedding layer's output.
+
+    States are embeddings given channel-first, ``(N, D, T)``; state ``n`` is
+    scored as the model on the token ids of its owner with the embedding
+    layer's output replaced by the state, so everything after the embedding
+    (lengths, padding) sees the owner's real text.
+
+    Args:
+        model: the text classifier (run in eval mode, frozen, left as found).
+        ids: ``(B, T)`` token ids of the inputs.
+        embedding: the embedding layer, by name or module.
+    """
+
+    def __init__(self, model: nn.Module, ids: Tensor, embedding: str | nn.Module = "embedding") -> None:
+        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point():
+            raise ValueError("ids must be a (B, T) integer tensor of token ids")
+        self.model = model
+        self.ids = ids
+        self.embedding_name, self.embedding = resolve_layer(model, embedding)
+
+    @torch.no_grad()
+    def embeddings(self) -> Tensor:
+        """``(B, D, T)`` the inputs' embeddings, channel-first as the metrics take them."""
+        with preserved_state(self.model):
+            return features_at(self.model, self.embedding, self.ids, self.embedding_name).transpose(1, 2)
+
+    def __call__(self, states: Tensor, owners: Tensor) -> Tensor:
+        """``(N, K)`` logits of the states ``(N, D, T)`` of inputs ``owners`` ``(N,)``."""
+        with preserved_state(self.model), replaced(self.embedding, "output",
+                                                   lambda original: states.transpose(1, 2)):
+            return run_model(self.model, self.ids[owners])
+
+
+def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor, insert: bool,
+                 baseline: float | Tensor, embedding: str | nn.Module, pad_index: int,
+                 tokens_per_step: int, fraction: float, batch_size: int) -> CurveResult:
+    scorer = TextScorer(model, ids, embedding)
+    emb = scorer.embeddings()
+    attribution, target = _checked(emb, attribution, target)
+    if tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    valid = ids != pad_index
+    lengths = valid.sum(dim=1)
+    if (lengths == 0).any():
+        raise ValueError(f"text {int((lengths == 0).nonzero()[0])} is empty (padding only)")
+    limit = torch.ceil(fraction * lengths).long().clamp_min(1)        # tokens moved in all
+    steps = torch.ceil(limit / tokens_per_step).long()                # curve steps per text
+    K = int(steps.max())
+    ranks = pixel_ranks(attribution.masked_fill(~valid, float("-inf")))  # padding never moves
+    counts = (torch.arange(K + 1, device=ids.device) * tokens_per_step).unsqueeze(0).clamp_max(limit.unsqueeze(1))
+    base = _broadcast(baseline, emb, "baseline")
+    start, end = (base, emb) if insert else (emb, base)
+
+    def build(index: Tensor) -> tuple[Tensor, Tensor]:
+        b, k = index // (K + 1), index % (K + 1)
+        moved = ranks[b] < counts[b, k].unsqueeze(1)
+        return torch.where(moved.unsqueeze(1), end[b], start[b]), b
+
+    curve = _target_scores(scorer, ids.shape[0] * (K + 1), build, target, batch_size,
+                           probability=True).view(-1, K + 1)
+    k = torch.arange(K + 1, device=ids.device)
+    curve = curve.masked_fill(k.unsqueeze(0) > steps.unsqueeze(1), float("nan"))
+    # trapezoid over each text's own steps, on [0, 1]
+    pairs = (curve[:, :-1] + curve[:, 1:]) / 2
+    pairs = pairs.masked_fill(k[1:].unsqueeze(0) > steps.unsqueeze(1), 0.0)
+    return CurveResult(pairs.sum(dim=1) / steps, curve)
+
+
+def token_deletion(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor,
+                   embedding: str | nn.Module = "embedding", pad_index: int = 0,
+                   tokens_per_step: int = 2, fraction: float = 0.4, baseline: float | Tensor = 0.0,
+                   batch_size: int = 128) -> CurveResult:
+    """Deletion for text (InputIBA's NLP protocol): the most relevant tokens' embeddings set to zero.
+
+    ``tokens_per_step`` tokens move per step until ``ceil(fraction * length)``
+    of a text's real tokens have moved (2 tokens and the first 40 % by
+    default); padding never moves. The score is the target's softmax
+    probability.
+
+    Args:
+        model: the text classifier (its embedding layer is named by ``embedding``).
+        ids: ``(B, T)`` right-padded token ids.
+        attribution: ``(B, T)`` token scores (values at padding are ignored).
+        target: ``(B,)`` classes, or one int.
+        baseline: value of a deleted embedding (zeros), broadcast to ``(B, D, T)``.
+
+    Returns:
+        A :class:`CurveResult`: ``auc`` ``(B,)`` by the trapezoid rule over each
+        text's own steps on ``[0, 1]``; ``curve`` ``(B, K + 1)`` with NaN
+        after a text's last step (texts of different lengths take different
+        numbers of steps). Lower AUC is better.
+    """
+    return _token_curve(model, ids, attribution, target, False, baseline, embedding, pad_index,
+                        tokens_per_step, fraction, batch_size)
+
+
+def token_insertion(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor,
+                    embedding: str | nn.Module = "embedding", pad_index: int = 0,
+                    tokens_per_step: int = 2, fraction: float = 0.4, baseline: float | Tensor = 0.0,
+                    batch_size: int = 128) -> CurveResult:
+    """Insertion for text: from all-zero embeddings, the most relevant tokens' embeddings put back.
+
+    Steps, arguments and result as in :func:`token_deletion`. Higher AUC is better.
+    """
+    return _token_curve(model, ids, attribution, target, True, baseline, embedding, pad_index,
+                        tokens_per_step, fraction, batch_size)

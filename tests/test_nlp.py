@@ -262,3 +262,30 @@ def test_train_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "resuming after epoch 1" in printed and "epoch 2:" in printed and "epoch 1:" not in printed.split("resuming")[1]
     assert load_text_classifier(out).info["epochs"] == 2 and not state.exists()
+
+
+def test_token_deletion_and_insertion_reward_the_planted_tokens():
+    from inputiba.evaluation import TextScorer, token_deletion, token_insertion
+
+    ck = load_text_classifier(pretrained_path("synthetic_sentiment_lstm.pt"))
+    data = synthetic_sentiment(30, seed=9)
+    data = data.subset([i for i, y in enumerate(data.labels) if y != 2])
+    ids, labels = next(iter(data.batches(ck.vocab, 64)))
+    truth = torch.zeros(ids.shape)
+    for i, ev in enumerate(data.evidence):
+        truth[i, ev] = 1.0
+    reverse = (ids != 0).float() - truth  # every other token first, the cues last
+    good_del = token_deletion(ck.model, ids, truth, labels)
+    bad_del = token_deletion(ck.model, ids, reverse, labels)
+    good_ins = token_insertion(ck.model, ids, truth, labels)
+    bad_ins = token_insertion(ck.model, ids, reverse, labels)
+    assert good_del.auc.mean() < bad_del.auc.mean() - 0.2
+    assert good_ins.auc.mean() > bad_ins.auc.mean() + 0.2
+    # each text takes ceil(0.4 * length / 2) steps; NaN after its last
+    lengths = (ids != 0).sum(1)
+    steps = torch.ceil(torch.ceil(0.4 * lengths) / 2).long()
+    assert torch.equal((~good_del.curve.isnan()).sum(1) - 1, steps)
+    # the scorer feeds each state to its owner's text: clean embeddings give the model's output
+    scorer = TextScorer(ck.model, ids)
+    owners = torch.arange(len(ids))
+    assert torch.allclose(scorer(scorer.embeddings(), owners), ck.model(ids), atol=1e-5)
