@@ -192,7 +192,8 @@ def test_rnn_runs_with_cudnn_disabled_and_restored(lstm, text_loader):
 
 
 def test_planted_tokens_are_found_on_the_ground_truth_task():
-    """Measured: 98 % of 60 texts have exactly their planted cues as top scores (see RESULTS.md)."""
+    """Measured: 29 of these 30 texts (97 %) have exactly their planted cues as top scores; 95 % of
+    60 in benchmarks/bench_nlp.py. The assertion leaves a margin for other platforms."""
     ck = load_text_classifier(pretrained_path("synthetic_sentiment_lstm.pt"))
     data = synthetic_sentiment(45, seed=123)
     data = data.subset([i for i, y in enumerate(data.labels) if y != 2])
