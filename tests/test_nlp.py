@@ -290,3 +290,27 @@ def test_token_deletion_and_insertion_reward_the_planted_tokens():
     scorer = TextScorer(ck.model, ids)
     owners = torch.arange(len(ids))
     assert torch.allclose(scorer(scorer.embeddings(), owners), ck.model(ids), atol=1e-5)
+
+
+def test_text_methods_answer_the_common_protocol():
+    from inputiba.methods import get_method
+
+    ck = load_text_classifier(pretrained_path("synthetic_sentiment_lstm.pt"))
+    data = synthetic_sentiment(9, seed=4)
+    data = data.subset([i for i, y in enumerate(data.labels) if y != 2])
+    ids, labels = next(iter(data.batches(ck.vocab, 16)))
+    before = model_fingerprint(ck.model)
+    lime = get_method("lime", ck.model, n_samples=60, perturbations_per_eval=30)
+    scores = lime.attribute(ids, target=labels)
+    assert scores.shape == ids.shape and (scores[ids == 0] == 0).all()
+    assert torch.equal(scores, lime.attribute(ids, target=labels))  # seeded
+    hits = sum(int(scores[i].argmax()) in ev for i, ev in enumerate(data.evidence))
+    assert hits >= len(data) - 1
+    inputiba = get_method("inputiba", ck.model, input_layer="embedding", config=InputIBAConfig.text(fast=True))
+    inputiba.prepare(data.batches(ck.vocab, 16), n_samples=6)
+    masks = inputiba.attribute(ids, target=labels)
+    assert masks.shape == ids.shape and inputiba.modality == "tokens"
+    after = model_fingerprint(ck.model)
+    assert before["hooks"] == after["hooks"] and all(g is None for g in after["grads"])
+    with pytest.raises(ValueError, match="token ids of shape"):
+        lime.attribute(torch.randn(2, 1, 8, 8))

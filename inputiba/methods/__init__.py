@@ -9,7 +9,9 @@ treat them alike::
     method.prepare(loader)                           # only some methods need data
     heat = method.attribute(x, target=y)             # (B, H, W), in method.unit
 
-Each class states its unit, its reduction over channels and its sign. The
+Each class states its unit, its reduction over channels and its sign. Text
+methods (``"lime"``, and ``"iba"`` / ``"inputiba"`` given ``input_layer=``)
+take ``(B, T)`` token ids and return ``(B, T)`` scores, 0 at padding. The
 Captum baselines need ``captum`` (``pip install 'inputiba[baselines]'``);
 everything else needs only PyTorch.
 """
@@ -21,6 +23,7 @@ from .extremal import ExtremalPerturbation
 from .iba_methods import IBAMethod, InputIBAMethod
 from .rise import RISE
 from .simple import LinearApproximation, Random
+from .text import LimeText
 
 __all__ = [
     "AttributionMethod",
@@ -46,4 +49,5 @@ __all__ = [
     "Random",
     "IBAMethod",
     "InputIBAMethod",
+    "LimeText",
 ]

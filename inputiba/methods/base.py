@@ -57,15 +57,23 @@ class AttributionMethod:
     left as found: modes, ``requires_grad`` flags, hooks and parameter
     ``.grad`` are as they were before the call, also when it raises.
 
+    A method for text sets :attr:`modality` to ``"tokens"``: it then takes
+    ``(B, T)`` right-padded token ids and returns ``(B, T)`` scores, 0 at
+    padding (ids equal to :attr:`pad_index`).
+
     Args:
-        model: a classifier mapping ``(B, C, H, W)`` images to ``(B, K)`` scores
-            (logits unless a method says otherwise).
+        model: a classifier mapping ``(B, C, H, W)`` images (or token ids) to
+            ``(B, K)`` scores (logits unless a method says otherwise).
     """
 
     #: Registered name of the method.
     name: ClassVar[str] = ""
     #: What one value of the map means (its unit and sign convention).
     unit: ClassVar[str] = ""
+    #: ``"image"`` or ``"tokens"``: what :meth:`attribute` takes and returns.
+    modality: str = "image"
+    #: The padding id of token inputs.
+    pad_index: int = 0
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
@@ -84,14 +92,18 @@ class AttributionMethod:
         """Attribute the model's score for ``target`` to the pixels of ``inputs``.
 
         Args:
-            inputs: ``(B, C, H, W)`` float images as the model takes them.
+            inputs: ``(B, C, H, W)`` float images as the model takes them
+                (text methods: ``(B, T)`` token ids).
             target: ``None`` (the predicted class), an int for every input, or
                 one class index per input (sequence or ``(B,)`` tensor).
 
         Returns:
             ``(B, H, W)`` float tensor on the inputs' device, in the method's
-            :attr:`unit`; no gradient is attached.
+            :attr:`unit` (text: ``(B, T)``, 0 at padding); no gradient is
+            attached.
         """
+        if self.modality == "tokens":
+            return self._attribute_tokens(inputs, target)
         if not isinstance(inputs, Tensor) or inputs.dim() != 4:
             got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
             raise ValueError(f"{self.name} explains image batches of shape (B, C, H, W); got {got}")
@@ -114,8 +126,27 @@ class AttributionMethod:
             raise RuntimeError(f"{self.name} returned a map of shape {tuple(out.shape)}, expected {expected}")
         return out.detach().to(inputs.device)
 
+    def _attribute_tokens(self, ids: Tensor, target) -> Tensor:
+        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point():
+            got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
+            raise ValueError(f"{self.name} explains token ids of shape (B, T) as integers; got {got}")
+        if ids.shape[0] == 0:
+            raise ValueError("inputs hold no samples (batch size 0)")
+        real = ids != self.pad_index
+        if not real.any(dim=1).all():
+            raise ValueError(f"text {int((~real.any(dim=1)).nonzero()[0])} of the batch is empty (padding only)")
+        x = ids.to(model_device(self.model))
+        with preserved_state(self.model):
+            with torch.no_grad():
+                logits = run_model(self.model, x)
+            targets = resolve_targets(target, logits, x.shape[0], x.device)
+            out = self._attribute(x, targets)
+        if tuple(out.shape) != tuple(ids.shape):
+            raise RuntimeError(f"{self.name} returned scores of shape {tuple(out.shape)}, expected {tuple(ids.shape)}")
+        return (out.detach() * real.to(out.device, out.dtype)).to(ids.device)
+
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        """``(B, H, W)`` map for inputs ``x`` and ``(B,)`` long ``targets``."""
+        """``(B, H, W)`` map for inputs ``x`` and ``(B,)`` long ``targets`` (text: ``(B, T)``)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -17,6 +17,24 @@ from .base import AttributionMethod, register
 __all__ = ["IBAMethod", "InputIBAMethod"]
 
 
+def _default_layer(model: nn.Module, input_layer) -> tuple[str, dict]:
+    """The preset layer and settings: the model's ``feature_layer`` for text, else the family's."""
+    if input_layer is not None:
+        layer = getattr(model, "feature_layer", None)
+        if layer is None:
+            raise ValueError(f"no default layer for text model {type(model).__name__}; pass layer=")
+        return layer, {}
+    preset = dict(preset_for(model))
+    return preset.pop("layer"), preset
+
+
+def _set_modality(method: AttributionMethod, adapter, text_unit: str) -> None:
+    if adapter.kind == "tokens":
+        method.modality = "tokens"
+        method.pad_index = adapter.pad_index
+        method.unit = text_unit
+
+
 def _require_stats(method: AttributionMethod, stats) -> None:
     if stats is None:
         raise RuntimeError(f"{method.name} has no feature statistics: call prepare(loader) first")
@@ -35,19 +53,24 @@ class IBAMethod(AttributionMethod):
             model's family (:data:`inputiba.pipeline.PRESETS`).
         config: an :class:`~inputiba.iba.IBAConfig` (published defaults).
         seed: seed of the bottleneck noise; ``None`` draws fresh noise.
+        input_layer: the embedding layer of a text classifier: the method
+            then explains ``(B, T)`` token ids, in bits per token.
+        pad_index: padding id of the token ids (default: the embedding's).
         **overrides: fields of the config (``beta=``, ``steps=``, ...).
     """
 
     unit = "bits per pixel (>= 0)"
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 config: IBAConfig | None = None, seed: int | None = 0, **overrides) -> None:
+                 config: IBAConfig | None = None, seed: int | None = 0, *,
+                 input_layer: str | nn.Module | None = None, pad_index: int | None = None,
+                 **overrides) -> None:
         super().__init__(model)
         if layer is None:
-            preset = dict(preset_for(model))
-            layer = preset.pop("layer")
+            layer, preset = _default_layer(model, input_layer)
             overrides = {**preset, **overrides}
-        self.iba = IBA(model, layer, config, **overrides)
+        self.iba = IBA(model, layer, config, input_layer=input_layer, pad_index=pad_index, **overrides)
+        _set_modality(self, self.iba.adapter, "bits per token (>= 0, 0 at padding)")
         self.seed = seed
 
     def prepare(self, loader: Iterable, n_samples: int | None = None) -> None:
@@ -67,18 +90,26 @@ class InputIBAMethod(AttributionMethod):
     pixel the input bottleneck lets through.
 
     Args:
-        layer: the feature stage's layer; ``None`` takes the model family's preset.
+        layer: the feature stage's layer; ``None`` takes the model family's
+            preset (text: the model's ``feature_layer``).
         config: an :class:`~inputiba.pipeline.InputIBAConfig` (published
             schedule; ``InputIBAConfig.fast()`` is about 11x faster).
         seed: seed of every random draw; ``None`` draws fresh ones.
+        input_layer: the embedding layer of a text classifier: the method
+            then explains ``(B, T)`` token ids, one score per token.
+        pad_index: padding id of the token ids (default: the embedding's).
     """
 
     unit = "[0, 1] input mask"
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 config: InputIBAConfig | None = None, seed: int | None = 0) -> None:
+                 config: InputIBAConfig | None = None, seed: int | None = 0, *,
+                 input_layer: str | nn.Module | None = None, pad_index: int | None = None) -> None:
         super().__init__(model)
-        self.inputiba = InputIBA(model, layer, config)
+        if layer is None and input_layer is not None:
+            layer, _ = _default_layer(model, input_layer)
+        self.inputiba = InputIBA(model, layer, config, input_layer=input_layer, pad_index=pad_index)
+        _set_modality(self, self.inputiba.adapter, "[0, 1] token mask (0 at padding)")
         self.seed = seed
 
     def prepare(self, loader: Iterable, n_samples: int | None = None) -> None:
