@@ -145,6 +145,8 @@ def test_text_batches_are_reiterable_and_reproducible():
     first = [ids.tolist() for ids, _ in batches]
     second = [ids.tolist() for ids, _ in batches]
     assert len(first) == len(batches) == 2
+    flat = sorted(i for ids in first for row in ids for i in row if i)
+    assert sorted(i for ids in second for row in ids for i in row if i) == flat  # a second, full pass
     replay = data.batches(vocab, batch_size=2, shuffle=True, seed=1)
     assert [ids.tolist() for ids, _ in replay] == first
     with pytest.raises(ValueError, match="empty"):

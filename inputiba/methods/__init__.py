@@ -20,6 +20,7 @@ from .captum_methods import (LRP, CaptumMethod, Deconvolution, DeepLiftShap, Gra
                              GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, SmoothGrad)
 from .excitation import ContrastiveExcitationBackprop, ExcitationBackprop
 from .extremal import ExtremalPerturbation
+from .family import InformationMethod, MultiIBAMethod, ReadoutIBAMethod
 from .iba_methods import IBAMethod, InputIBAMethod
 from .rise import RISE
 from .simple import LinearApproximation, Random
@@ -50,4 +51,7 @@ __all__ = [
     "IBAMethod",
     "InputIBAMethod",
     "LimeText",
+    "ReadoutIBAMethod",
+    "MultiIBAMethod",
+    "InformationMethod",
 ]

@@ -1,0 +1,413 @@
+"""Bottlenecks at several depths at once, and the layer plumbing they share.
+
+:class:`MultiIBA` places one per-sample bottleneck at each of several layers
+and optimises all masks together: one loss, the classifier's cross-entropy
+plus the information terms of every bottleneck summed (the plan of the
+"Info-Attribution" README, §2.2, never finished there). It returns one map per
+depth and their sum.
+
+The helpers below serve every module that reads several layers in one
+forward pass (the readout bottleneck, the information measurement):
+:func:`resolve_layers`, :func:`capture` and :func:`estimate_layer_stats`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
+from .estimation import FeatureStats, Moments, batch_moments, merge_moments
+from .hooks import LayerNotReached, forward_hooks, layer_tensor, preserved_state, resolve_layer, with_layer_tensor
+from .iba import IBAConfig, _reaches, row_loss_for
+from .validation import MODEL_ERRORS, batch_inputs, check_finite, model_device, rejected_input, slice_targets
+
+__all__ = ["resolve_layers", "capture", "dataset_inputs", "estimate_layer_stats", "MultiIBAResult", "MultiIBA"]
+
+
+class _AllCaptured(Exception):
+    """Raised inside a hook to end a forward pass once every layer was seen."""
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> dict[str, nn.Module]:
+    """``{dotted_name: module}`` for layers given by name or object, in the given order.
+
+    Raises:
+        ValueError: no layers, an unknown name (close names are listed), a
+            module not in ``model``, or the same layer twice.
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    resolved: dict[str, nn.Module] = {}
+    for layer in layers:
+        name, module = resolve_layer(model, layer)
+        if name in resolved:
+            raise ValueError(f"layer {name!r} is given twice")
+        resolved[name] = module
+    if not resolved:
+        raise ValueError("no layers given")
+    return resolved
+
+
+def capture(model: nn.Module, layers: Mapping[str, nn.Module], inputs: Tensor, *,
+            run_to_end: bool = False) -> tuple[dict[str, Tensor], object]:
+    """The outputs of several layers for ``inputs``, in one forward pass.
+
+    Each output is copied, so that an in-place operation after the layer
+    (``ReLU(inplace=True)``) cannot change it. Without ``run_to_end`` the
+    pass stops as soon as every layer has run. Run it under ``no_grad`` when
+    no gradient is needed.
+
+    Args:
+        model: the model.
+        layers: ``{name: module}`` as :func:`resolve_layers` returns.
+        inputs: what the model is called with.
+        run_to_end: finish the pass and return the model's output too.
+
+    Returns:
+        ``({name: (B, *shape) tensor}, outputs)``; ``outputs`` is ``None``
+        unless ``run_to_end``.
+
+    Raises:
+        LayerNotReached: a layer never ran (they are named).
+        ValueError: the model rejected ``inputs``.
+    """
+    captured: dict[str, Tensor] = {}
+
+    def grab(name: str):
+        def hook(module, args, output):
+            if name not in captured:
+                captured[name] = layer_tensor(output, name).clone()
+                if not run_to_end and len(captured) == len(layers):
+                    raise _AllCaptured
+        return hook
+
+    outputs = None
+    try:
+        with forward_hooks([(module, grab(name)) for name, module in layers.items()]):
+            outputs = model(inputs)
+    except _AllCaptured:
+        pass
+    except MODEL_ERRORS as err:
+        raise rejected_input(model, inputs, err) from err
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        raise LayerNotReached(
+            f"the forward pass of {type(model).__name__} never called layer(s) {', '.join(map(repr, missing))}")
+    return captured, outputs
+
+
+def dataset_inputs(loader: Iterable, n_samples: int, device: torch.device,
+                   what: str = "inputs") -> Iterator[Tensor]:
+    """The input tensors of a loader's batches, on ``device``, ``n_samples`` in all at most.
+
+    The last batch is cut so that exactly ``n_samples`` are yielded when the
+    loader holds that many.
+
+    Raises:
+        ValueError: a batch holds NaN or infinite values (``what`` names them).
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be positive, got {n_samples}")
+    seen = 0
+    for batch in loader:
+        x = batch_inputs(batch)[: n_samples - seen]
+        if x.shape[0] == 0:
+            continue
+        check_finite(x, what)
+        yield x.to(device)
+        seen += x.shape[0]
+        if seen >= n_samples:
+            return
+
+
+def estimate_layer_stats(model: nn.Module, layers: Mapping[str, nn.Module], loader: Iterable,
+                         n_samples: int = 1000, relu: bool | Mapping[str, bool] = False,
+                         min_std: float = 0.01, active_threshold: float = 0.01,
+                         progress: bool = False) -> dict[str, FeatureStats]:
+    """:class:`~inputiba.estimation.FeatureStats` of several layers, in one pass per batch.
+
+    The same estimate as :func:`inputiba.estimation.estimate_stats` (Chan's
+    merge of whole batches, float64), for every layer of ``layers`` at once;
+    each forward pass stops after the last of them.
+
+    Args:
+        model: the model (put in eval mode, frozen, for the call).
+        layers: ``{name: module}``.
+        loader: yields input tensors or ``(inputs, targets)`` pairs.
+        n_samples: inputs to use at most.
+        relu: the half-Gaussian variant for every layer, or per layer name.
+        min_std: lower bound of the std.
+        active_threshold: fraction of non-zero samples above which an element is active.
+        progress: show a progress bar.
+
+    Returns:
+        ``{name: FeatureStats}`` with each layer's ``(*shape)`` statistics.
+
+    Raises:
+        ValueError: the loader yields no samples, or non-finite inputs.
+    """
+    device = model_device(model)
+    moments: dict[str, Moments] = {}
+    seen = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_samples, desc="estimate", unit="sample")
+    try:
+        with torch.no_grad(), preserved_state(model):
+            for x in dataset_inputs(loader, n_samples, device, "estimation inputs"):
+                outputs, _ = capture(model, layers, x)
+                for name, features in outputs.items():
+                    m = batch_moments(features)
+                    moments[name] = m if name not in moments else merge_moments(moments[name], m)
+                seen += x.shape[0]
+                if bar is not None:
+                    bar.update(x.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    if not moments:
+        raise ValueError("the loader yielded no samples to estimate the feature statistics from")
+    relu_of = relu if isinstance(relu, Mapping) else {name: relu for name in layers}
+    return {name: FeatureStats.from_moments(moments[name], seen, bool(relu_of.get(name, False)),
+                                            min_std, active_threshold)
+            for name in layers}
+
+
+@dataclass
+class MultiIBAResult:
+    """Everything one :meth:`MultiIBA.attribute` call computed, per input.
+
+    Attributes:
+        saliency: ``(B, H, W)`` bits per pixel: the sum of ``maps`` over layers.
+        maps: ``{layer: (B, H, W)}`` bits per pixel that pass each bottleneck.
+        capacity: ``{layer: (B, C, h, w)}`` information per element, nats,
+            averaged over the noisy copies.
+        lam: ``{layer: (B, C, h, w)}`` final masks ``blur(sigmoid(alpha))``.
+        targets: ``(B,)`` the classes explained.
+        losses: ``(steps, B)`` total loss of each input at each step.
+    """
+
+    saliency: Tensor
+    maps: dict[str, Tensor]
+    capacity: dict[str, Tensor]
+    lam: dict[str, Tensor]
+    targets: Tensor
+    losses: Tensor = field(repr=False)
+
+
+class MultiIBA:
+    """Per-sample bottlenecks at several layers, optimised jointly.
+
+    Each layer ``l`` gets its own mask logits ``alpha_l`` (one per feature
+    element, per input) and its own noise ``eps_l ~ N(mu_l, sigma_l^2)`` from
+    statistics estimated at that layer. In every step the model runs once
+    with all bottlenecks in place; a deeper bottleneck acts on the features
+    that reach it, which carry the noise of the shallower ones. The loss of
+    input ``b`` is::
+
+        mean over copies of CE(f(Z), y_b)  +  sum_l beta_l * mean_{c,h,w} KL_l
+
+    Each layer's information term is a mean over its own elements (as in
+    :class:`~inputiba.iba.IBA`, so ``beta = 10`` is the paper's ``10 / k``
+    per layer) and so layers of different sizes weigh alike; with one layer
+    the loss is exactly IBA's. ``KL_l`` is the capacity
+    (:func:`~inputiba.bottleneck.kl_capacity`) of the features that reach the
+    layer, averaged over the noisy copies; for the first layer these are the
+    clean features. The reported capacity comes from one more pass with the
+    final masks (the noise continues from the same seeded generator).
+
+    The map of each layer is its capacity in bits per pixel at input
+    resolution (:func:`~inputiba.bottleneck.capacity_to_saliency`); the
+    combined map is their sum: the bits all bottlenecks together let through
+    about each pixel, in the same unit.
+
+    Example::
+
+        multi = MultiIBA(model, ["features.5", "features.7"])
+        multi.estimate(loader)
+        res = multi.attribute(x, target=y, seed=0, return_result=True)
+        res.maps["features.5"], res.saliency       # (B, H, W) bits per pixel
+
+    The model is left as found: eval mode and frozen parameters for the call,
+    hooks removed, no parameter ``.grad`` written.
+
+    Args:
+        model: an image classifier ``(B, C, H, W) -> (B, K)``.
+        layers: dotted names or modules; each must give ``(B, C, h, w)`` maps.
+        config: an :class:`~inputiba.iba.IBAConfig` shared by all layers
+            (steps, lr, n_copies, beta, sigma, relu, ...); keyword arguments
+            override its fields.
+        betas: one information weight per layer (default ``config.beta`` each).
+        stats: ``{layer: FeatureStats}`` estimated earlier.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module], config: IBAConfig | None = None,
+                 *, betas: Sequence[float] | None = None, stats: Mapping[str, FeatureStats] | None = None,
+                 **overrides) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        known = {f.name for f in fields(IBAConfig)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown MultiIBA settings {sorted(unknown)}; known: {sorted(known)}")
+        self.model = model
+        self.layers = resolve_layers(model, layers)
+        self.config = replace(config or IBAConfig(), **overrides)
+        if betas is None:
+            betas = [self.config.beta] * len(self.layers)
+        if len(betas) != len(self.layers) or any(b < 0 for b in betas):
+            raise ValueError(f"give one non-negative beta per layer ({len(self.layers)}), got {list(betas)}")
+        self.betas = dict(zip(self.layers, map(float, betas)))
+        self.stats: dict[str, FeatureStats] | None = dict(stats) if stats is not None else None
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layers' dotted names, in the given order."""
+        return list(self.layers)
+
+    def estimate(self, loader: Iterable, n_samples: int = 1000, progress: bool = False) -> dict[str, FeatureStats]:
+        """Estimate every layer's noise distribution over a loader, in one pass per batch.
+
+        Returns:
+            ``{layer: FeatureStats}``, also kept in ``self.stats``.
+        """
+        cfg = self.config
+        self.stats = estimate_layer_stats(self.model, self.layers, loader, n_samples, relu=cfg.relu,
+                                          min_std=cfg.min_std, active_threshold=cfg.active_threshold,
+                                          progress=progress)
+        return self.stats
+
+    def _require_stats(self) -> dict[str, FeatureStats]:
+        if self.stats is None:
+            raise RuntimeError("MultiIBA has no feature statistics: call estimate(loader) first")
+        missing = [name for name in self.layers if name not in self.stats]
+        if missing:
+            raise RuntimeError(f"MultiIBA has no feature statistics for layer(s) {missing}: call estimate(loader)")
+        for name in self.layers:
+            if len(self.stats[name].shape) != 3:
+                raise ValueError(f"layer {name!r} gives features of shape {tuple(self.stats[name].shape)}, "
+                                 "not (C, h, w) maps")
+        return self.stats
+
+    def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
+                  seed: int | None = None, return_result: bool = False) -> Tensor | MultiIBAResult:
+        """Explain each input with its own bottlenecks at every layer.
+
+        Args:
+            inputs: ``(B, C, H, W)`` float images.
+            target: ``None`` (the predicted class), an int, or one index per input.
+            seed: seed of the bottlenecks' noise, for reproducible maps.
+            return_result: return a :class:`MultiIBAResult` with the map of
+                every layer instead of the combined map.
+
+        Returns:
+            ``(B, H, W)`` float tensor, bits per pixel summed over the layers,
+            on the model's device; or a :class:`MultiIBAResult`.
+        """
+        stats = self._require_stats()
+        if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"MultiIBA explains float image batches of shape (B, C, H, W); got {got}")
+        if inputs.shape[0] == 0:
+            raise ValueError("inputs hold no samples (batch size 0)")
+        check_finite(inputs)
+        inputs = inputs.to(model_device(self.model))
+        step = self.config.max_batch
+        parts = []
+        with preserved_state(self.model):
+            for start in range(0, inputs.shape[0], step):
+                sl = slice(start, start + step)
+                part_target = slice_targets(target, sl, inputs.shape[0])
+                parts.append(self._attribute_chunk(inputs[sl], part_target, seed, stats))
+        result = parts[0] if len(parts) == 1 else _concat(parts)
+        return result if return_result else result.saliency
+
+    def _attribute_chunk(self, x: Tensor, target, seed: int | None,
+                         stats: Mapping[str, FeatureStats]) -> MultiIBAResult:
+        cfg = self.config
+        B, S = x.shape[0], cfg.n_copies
+        with torch.no_grad():
+            clean, logits = capture(self.model, self.layers, x, run_to_end=True)
+        for name, features in clean.items():
+            if features.shape[1:] != stats[name].shape:
+                raise ValueError(
+                    f"layer {name!r} gives features of shape {tuple(features.shape[1:])} for inputs of shape "
+                    f"{tuple(x.shape[1:])}, but its statistics were estimated for {tuple(stats[name].shape)}")
+        targets, row_loss = row_loss_for(target, logits, None, B, S)
+        device = x.device
+        st = {name: stats[name].to(device, clean[name].dtype) for name in self.layers}
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        alphas = {name: torch.full_like(f, cfg.init_alpha).requires_grad_(True) for name, f in clean.items()}
+        optimizer = torch.optim.Adam(list(alphas.values()), lr=cfg.lr)
+        lams: dict[str, Tensor] = {}
+        info: dict[str, Tensor] = {}
+        noisy: dict[str, Tensor] = {}
+
+        def bottleneck(name: str):
+            s = st[name]
+
+            def hook(module, args, output):
+                r_in = layer_tensor(output, name)
+                lam = lams[name].repeat_interleave(S, dim=0)
+                noise = torch.randn(r_in.shape, generator=generator, device=device, dtype=r_in.dtype)
+                z = noisy_features(r_in, lam, s.mean, s.std, noise) * s.active
+                if s.relu:
+                    z = z.clamp_min(0)
+                info[name] = kl_capacity(lam, (r_in - s.mean) / s.std, s.active)
+                noisy[name] = z
+                return with_layer_tensor(output, z)
+            return hook
+
+        def run() -> Tensor:
+            info.clear()
+            noisy.clear()
+            out = self.model(x_rep)
+            missing = [name for name in self.layers if name not in info]
+            if missing:
+                raise LayerNotReached(f"the forward pass never called layer(s) {missing}")
+            return out
+
+        def masks() -> dict[str, Tensor]:
+            return {name: smooth_mask(torch.sigmoid(a), cfg.sigma) for name, a in alphas.items()}
+
+        x_rep = x.repeat_interleave(S, dim=0)
+        losses = []
+        with forward_hooks([(module, bottleneck(name)) for name, module in self.layers.items()]):
+            for step in range(cfg.steps):
+                lams.update(masks())
+                per_row = row_loss(run())
+                if step == 0:
+                    cut = [name for name in self.layers if not _reaches(per_row, noisy[name])]
+                    if cut:
+                        raise ValueError(f"the bottleneck(s) at {cut} do not reach the model's output, so no "
+                                         "attribution can be learned there")
+                per_input = per_row.view(B, S).mean(1)
+                for name in self.layers:
+                    per_input = per_input + self.betas[name] * info[name].flatten(1).mean(1).view(B, S).mean(1)
+                grads = torch.autograd.grad(per_input.sum(), list(alphas.values()))
+                for alpha, grad in zip(alphas.values(), grads):
+                    alpha.grad = grad
+                optimizer.step()
+                losses.append(per_input.detach())
+            with torch.no_grad():
+                lams.update(masks())
+                run()
+                capacity = {name: info[name].view(B, S, *info[name].shape[1:]).mean(1) for name in self.layers}
+        size = tuple(x.shape[-2:])
+        maps = {name: capacity_to_saliency(c, size) for name, c in capacity.items()}
+        saliency = torch.stack(list(maps.values())).sum(0)
+        return MultiIBAResult(saliency, maps, capacity, {n: lam.detach() for n, lam in lams.items()},
+                              targets, torch.stack(losses))
+
+
+def _concat(parts: list[MultiIBAResult]) -> MultiIBAResult:
+    def cat_dict(name):
+        return {k: torch.cat([getattr(p, name)[k] for p in parts]) for k in getattr(parts[0], name)}
+
+    return MultiIBAResult(torch.cat([p.saliency for p in parts]), cat_dict("maps"), cat_dict("capacity"),
+                          cat_dict("lam"), torch.cat([p.targets for p in parts]),
+                          torch.cat([p.losses for p in parts], dim=1))
