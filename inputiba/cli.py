@@ -3,6 +3,11 @@
 ``inputiba demo`` explains bundled FashionMNIST test images with the
 per-sample bottleneck on the bundled CNN and writes, per image, the float map
 (``.npy``, bits per pixel) and a PNG figure.
+
+``inputiba evaluate CONFIG.toml`` runs the evaluation harness
+(:mod:`inputiba.harness`) as a configuration file (TOML or JSON) describes:
+every metric for every method, one table (``results.csv``, ``results.md``)
+and the figures; an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -77,20 +82,35 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the bottleneck noise")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.add_argument("--beta", type=float, default=10.0, help="information weight (default: 10)")
+    evaluate = sub.add_parser("evaluate", help="evaluate attribution methods with every metric, from a config file")
+    evaluate.add_argument("config", help="configuration file (.toml or .json), "
+                                         "e.g. configs/evaluate_fashion_mnist.toml")
     return parser
+
+
+def _demo(args: argparse.Namespace) -> None:
+    for npy, png in run_demo(args.out, args.indices, args.seed, args.device, args.beta):
+        print(f"heatmap (bits per pixel): {npy}")
+        print(f"figure:                   {png}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .harness import load_evaluation, run_evaluation
+
+    result = run_evaluation(load_evaluation(args.config))
+    print(result.markdown())
+    for name, path in result.files.items():
+        print(f"{name + ':':20s}{path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``inputiba`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        written = run_demo(args.out, args.indices, args.seed, args.device, args.beta)
+        {"demo": _demo, "evaluate": _evaluate}[args.command](args)
     except (ValueError, FileNotFoundError) as err:
         print(f"inputiba: error: {err}", file=sys.stderr)
         return 2
-    for npy, png in written:
-        print(f"heatmap (bits per pixel): {npy}")
-        print(f"figure:                   {png}")
     return 0
 
 

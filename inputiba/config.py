@@ -25,7 +25,7 @@ from .gan import GANConfig
 from .iba import IBAConfig
 from .pipeline import InputIBAConfig
 
-__all__ = ["config_from_dict", "load_config"]
+__all__ = ["config_from_dict", "load_config", "read_data_file"]
 
 
 def _override(obj, values: dict, where: str):
@@ -53,18 +53,35 @@ def config_from_dict(data: dict) -> InputIBAConfig:
     return replace(cfg, **parts)
 
 
+def read_data_file(path: str | os.PathLike) -> dict:
+    """The table in a ``.toml`` or ``.json`` configuration file (data only, never code).
+
+    Raises:
+        ValueError: another suffix, a syntax error (with the file named), or
+            a JSON file whose top level is not an object.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            raise ValueError(f"{path}: configuration files are .toml or .json")
+    except (json.JSONDecodeError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path} is not valid {path.suffix[1:].upper()}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a table of settings")
+    return data
+
+
 def load_config(path: str | os.PathLike) -> InputIBAConfig:
     """Read an :class:`InputIBAConfig` from a ``.toml`` or ``.json`` file."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-    elif path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python < 3.11
-            import tomli as tomllib
-        data = tomllib.loads(text)
-    else:
-        raise ValueError(f"{path}: configuration files are .toml or .json")
-    return config_from_dict(data)
+    return config_from_dict(read_data_file(path))

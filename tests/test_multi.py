@@ -155,28 +155,15 @@ def test_layer_stats_match_single_layer_estimates(tiny_cnn, image_loader):
 
 
 # ---------------------------------------------------------------------- the family behind the common protocol
-@pytest.fixture
-def family():
-    """Register the family's methods for a test, leaving the registry as it was found."""
-    from inputiba.methods import base
-
-    before = dict(base._REGISTRY)
-    from inputiba.methods import family as members  # registers the names on its first import
-
-    for cls in (members.ReadoutIBAMethod, members.MultiIBAMethod, members.InformationMethod):
-        base._REGISTRY.setdefault(cls.name, (cls, {}))
-    yield base.get_method
-    base._REGISTRY.clear()
-    base._REGISTRY.update(before)
-
-
 @pytest.mark.parametrize("name,settings", [
     ("readout_iba", dict(epochs=1)),
     ("multi_iba", dict(steps=2, n_copies=2)),
     ("information", dict(n_bins=8)),
 ])
-def test_registered_methods_follow_the_protocol(family, tiny_cnn, image_loader, name, settings):
-    method = family(name, tiny_cnn, **settings)
+def test_registered_methods_follow_the_protocol(tiny_cnn, image_loader, name, settings):
+    from inputiba.methods import get_method
+
+    method = get_method(name, tiny_cnn, **settings)
     x = torch.randn(2, 3, 16, 16)
     with pytest.raises(RuntimeError, match="prepare"):
         method.attribute(x, target=0)

@@ -88,6 +88,14 @@ class AttributionMethod:
         DeepLIFT-SHAP takes its baselines (default ``n_baselines``).
         """
 
+    def needs_preparation(self) -> bool:
+        """Whether :meth:`prepare` must run before :meth:`attribute`.
+
+        True for methods that override :meth:`prepare`, unless they say they
+        already have what it would fit (statistics loaded from a file).
+        """
+        return type(self).prepare is not AttributionMethod.prepare
+
     def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None) -> Tensor:
         """Attribute the model's score for ``target`` to the pixels of ``inputs``.
 

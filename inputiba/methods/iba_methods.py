@@ -6,10 +6,12 @@ statistics, :meth:`attribute` explains.
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 from torch import Tensor, nn
 
+from ..estimation import FeatureStats
 from ..iba import IBA, IBAConfig
 from ..pipeline import InputIBA, InputIBAConfig, preset_for
 from .base import AttributionMethod, register
@@ -56,6 +58,8 @@ class IBAMethod(AttributionMethod):
         input_layer: the embedding layer of a text classifier: the method
             then explains ``(B, T)`` token ids, in bits per token.
         pad_index: padding id of the token ids (default: the embedding's).
+        stats: feature statistics, or the path of a file written by
+            ``save_stats``; then :meth:`prepare` is not needed.
         **overrides: fields of the config (``beta=``, ``steps=``, ...).
     """
 
@@ -64,18 +68,26 @@ class IBAMethod(AttributionMethod):
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  config: IBAConfig | None = None, seed: int | None = 0, *,
                  input_layer: str | nn.Module | None = None, pad_index: int | None = None,
-                 **overrides) -> None:
+                 stats: FeatureStats | str | os.PathLike | None = None, **overrides) -> None:
         super().__init__(model)
         if layer is None:
             layer, preset = _default_layer(model, input_layer)
             overrides = {**preset, **overrides}
         self.iba = IBA(model, layer, config, input_layer=input_layer, pad_index=pad_index, **overrides)
+        if isinstance(stats, FeatureStats):
+            self.iba.stats = stats
+        elif stats is not None:
+            self.iba.load_stats(stats)
         _set_modality(self, self.iba.adapter, "bits per token (>= 0, 0 at padding)")
         self.seed = seed
 
     def prepare(self, loader: Iterable, n_samples: int | None = None) -> None:
         """Estimate the layer's statistics on ``n_samples`` inputs (default 1000)."""
         self.iba.estimate(loader, n_samples=n_samples or 1000)
+
+    def needs_preparation(self) -> bool:
+        """True until statistics are estimated or loaded."""
+        return self.iba.stats is None
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         _require_stats(self, self.iba.stats)
@@ -98,23 +110,32 @@ class InputIBAMethod(AttributionMethod):
         input_layer: the embedding layer of a text classifier: the method
             then explains ``(B, T)`` token ids, one score per token.
         pad_index: padding id of the token ids (default: the embedding's).
+        stats: the path of a statistics file written by ``save_stats``;
+            then :meth:`prepare` is not needed.
     """
 
     unit = "[0, 1] input mask"
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  config: InputIBAConfig | None = None, seed: int | None = 0, *,
-                 input_layer: str | nn.Module | None = None, pad_index: int | None = None) -> None:
+                 input_layer: str | nn.Module | None = None, pad_index: int | None = None,
+                 stats: str | os.PathLike | None = None) -> None:
         super().__init__(model)
         if layer is None and input_layer is not None:
             layer, _ = _default_layer(model, input_layer)
         self.inputiba = InputIBA(model, layer, config, input_layer=input_layer, pad_index=pad_index)
+        if stats is not None:
+            self.inputiba.load_stats(stats)
         _set_modality(self, self.inputiba.adapter, "[0, 1] token mask (0 at padding)")
         self.seed = seed
 
     def prepare(self, loader: Iterable, n_samples: int | None = None) -> None:
         """Estimate the feature layer's statistics on ``n_samples`` inputs (default 1000)."""
         self.inputiba.estimate(loader, n_samples=n_samples or 1000)
+
+    def needs_preparation(self) -> bool:
+        """True until statistics are estimated or loaded."""
+        return self.inputiba.stats is None
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         _require_stats(self, self.inputiba.stats)
