@@ -325,7 +325,9 @@ def test_layer_methods_default_to_the_last_conv_and_check_the_name():
     model = SmallCNN()
     assert last_conv_layer(model) == "features.2"
     for name in ("grad_cam", "guided_grad_cam", "linear_approximation", "excitation_backprop"):
-        assert get_method(name, model).layer == "features.2"
+        # the CAMs read the conv's ReLU (features.3), the others the conv itself
+        expected = "features.3" if name.endswith("grad_cam") else "features.2"
+        assert get_method(name, model).layer == expected
         with pytest.raises(ValueError, match="has no layer named 'features.9'"):
             get_method(name, model, layer="features.9")
     cam = get_method("grad_cam", model).attribute(torch.randn(2, 3, 16, 16), target=1)
@@ -352,3 +354,12 @@ def test_captum_missing_is_named(monkeypatch):
     with pytest.raises(ImportError, match="inputiba\\[baselines\\]"):
         get_method("gradient", SmallCNN())
     assert get_method("rise", SmallCNN()).name == "rise"
+
+
+def test_grad_cam_reads_the_last_conv_activation_by_default():
+    model = SmallCNN()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    cam = get_method("grad_cam", model)
+    following = dict(model.named_modules())[cam.layer]
+    assert isinstance(following, nn.ReLU) and cam.layer != names[-1]
+    assert get_method("grad_cam", model, layer=names[-1]).layer == names[-1]

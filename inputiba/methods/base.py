@@ -28,6 +28,7 @@ __all__ = [
     "reduce_channels",
     "upsample",
     "last_conv_layer",
+    "last_conv_activation",
     "layer_name",
     "spatial_output",
     "seeded",
@@ -224,6 +225,22 @@ def last_conv_layer(model: nn.Module) -> str:
     if not names:
         raise ValueError(f"model {type(model).__name__} has no nn.Conv2d; pass layer= explicitly")
     return names[-1]
+
+
+def last_conv_activation(model: nn.Module) -> str:
+    """The last ``nn.Conv2d``'s activation: the ``nn.ReLU`` registered right after it, if any.
+
+    Grad-CAM reads the last convolutional *feature maps*, which follow the
+    ReLU; the convolution's raw output can be negative everywhere a class is
+    not, which the final ReLU of Grad-CAM turns into an all-zero map.
+    """
+    conv = last_conv_layer(model)
+    names = [name for name, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    after = names.index(conv) + 1
+    if after < len(names) and isinstance(modules[names[after]], nn.ReLU):
+        return names[after]
+    return conv
 
 
 def layer_name(model: nn.Module, layer: str | nn.Module | None) -> str:

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import batch_inputs
-from .base import (AttributionMethod, detached_copy, generator, layer_name, reduce_channels, register,
-                   seeded, spatial_output, upsample)
+from .base import (AttributionMethod, detached_copy, generator, last_conv_activation, layer_name, reduce_channels,
+                   register, seeded, spatial_output, upsample)
 
 __all__ = ["CaptumMethod", "Gradient", "SmoothGrad", "IntegratedGradients", "GuidedBackprop",
            "Deconvolution", "GradCAM", "GuidedGradCAM", "Occlusion", "LRP", "DeepLiftShap"]
@@ -211,8 +211,9 @@ class GradCAM(AttributionMethod):
     times the score's gradient.
 
     Args:
-        layer: dotted name or module; ``None`` takes the last ``nn.Conv2d``
-            of the model (its output, before any ReLU that follows).
+        layer: dotted name or module; ``None`` takes the last ``nn.Conv2d``'s
+            activation (the ``nn.ReLU`` right after it, else the conv itself;
+            :func:`~inputiba.methods.base.last_conv_activation`).
     """
 
     unit = "ReLU(gradient-weighted layer activations), upsampled (>= 0)"
@@ -220,7 +221,7 @@ class GradCAM(AttributionMethod):
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None) -> None:
         super().__init__(model)
         self.captum = _captum()
-        self.layer = layer_name(model, layer)
+        self.layer = last_conv_activation(model) if layer is None else layer_name(model, layer)
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         module = dict(self.model.named_modules())[self.layer]
@@ -239,7 +240,7 @@ class GuidedGradCAM(CaptumMethod):
     ``(B, H, W)``, ``>= 0``.
 
     Args:
-        layer: as for :class:`GradCAM` (default: the last ``nn.Conv2d``).
+        layer: as for :class:`GradCAM` (default: the last ``nn.Conv2d``'s activation).
     """
 
     unit = "|guided gradient x Grad-CAM|, max over channels (>= 0)"
@@ -248,7 +249,7 @@ class GuidedGradCAM(CaptumMethod):
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
                  reduction: str | None = None) -> None:
         super().__init__(model, reduction)
-        self.layer = layer_name(model, layer)
+        self.layer = last_conv_activation(model) if layer is None else layer_name(model, layer)
 
     def _captum_attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         clone = detached_copy(self.model)
