@@ -344,15 +344,22 @@ class SanityMetric:
         layers: dotted layer names, top first.
         n_samples: the first samples of the dataset to check.
         absolute: compare absolute maps.
+        inputiba: for ``inputiba`` methods, ``"all_stages"`` (every stage
+            runs on the randomised model) or ``"input_stage"`` (the feature
+            and GAN stages keep the intact model, only the input stage runs on
+            the randomised one); both variants are in InputIBA's paper.
     """
 
     name: ClassVar[str] = "sanity"
     layers: tuple[str, ...] = ()
     n_samples: int = 8
     absolute: bool = True
+    inputiba: str = "all_stages"
 
     def __post_init__(self) -> None:
         self.layers = tuple(str(layer) for layer in self.layers)
+        if self.inputiba not in ("all_stages", "input_stage"):
+            raise ValueError(f"sanity inputiba must be 'all_stages' or 'input_stage', got {self.inputiba!r}")
         if self.n_samples < 1:
             raise ValueError(f"sanity n_samples must be positive, got {self.n_samples}")
 
@@ -627,11 +634,18 @@ def _run_sanity(spec: MethodSpec, model: nn.Module, dataset: SampleSource, sanit
     n = min(sanity.n_samples, len(dataset))
     device = model_device(model)
     ssims, spearmans = [], []
+    intact = None
+    if spec.name == "inputiba" and sanity.inputiba == "input_stage":
+        intact = _prepared(spec, model, dataset, config)
     with _bar(n, f"{spec.row} sanity", progress) as bar:
         for lo in range(0, n, config.batch_size):
             images, labels, _ = _collate([dataset[i] for i in range(lo, min(lo + config.batch_size, n))])
 
             def explain(randomised: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+                if intact is not None:
+                    base = spec.settings.get("seed", config.seed)
+                    seed = None if base is None else base + lo
+                    return intact.inputiba.attribute(x, target, seed=seed, input_model=randomised)
                 return _attribute(_prepared(spec, randomised, dataset, config), spec, x, target, lo, config)
 
             r = sanity_check(model, explain, images.to(device), labels.to(device), sanity.layers,

@@ -231,7 +231,8 @@ class InputIBA:
     def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
                   loss_fn: LossFn | None = None, seed: int | None = None,
                   return_stages: bool = False, progress: bool = False,
-                  log_dir: str | os.PathLike | None = None) -> Tensor | InputIBAResult:
+                  log_dir: str | os.PathLike | None = None,
+                  input_model: nn.Module | None = None) -> Tensor | InputIBAResult:
         """Explain each image at input resolution.
 
         Args:
@@ -243,6 +244,10 @@ class InputIBA:
             return_stages: return an :class:`InputIBAResult`.
             progress: show a progress bar over stages and batches.
             log_dir: write each stage's losses to TensorBoard there.
+            input_model: run the input stage on this model instead (same
+                architecture, e.g. with randomised layers), the feature and
+                GAN stages on the intact one: the sanity check's variant
+                that randomises only before the input stage. Left as found.
 
         Returns:
             ``(B, H, W)`` masks in ``[0, 1]`` (text: ``(B, T)``) on the
@@ -264,13 +269,14 @@ class InputIBA:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(os.fspath(log_dir))
         parts = []
+        second = input_model if input_model is not None else self.model
         try:
-            with preserved_state(self.model), cudnn_rnn_disabled(self.model):
+            with preserved_state(self.model), preserved_state(second), cudnn_rnn_disabled(self.model):
                 for k, start in enumerate(starts):
                     sl = slice(start, start + step)
                     part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
                     chunk_seed = None if seed is None else seed + 3 * k
-                    part = self._attribute_chunk(inputs[sl], part_target, loss_fn, chunk_seed, bar)
+                    part = self._attribute_chunk(inputs[sl], part_target, loss_fn, chunk_seed, bar, second)
                     if writer is not None:
                         _log_losses(writer, part, batch=k)
                     parts.append(part)
@@ -283,7 +289,7 @@ class InputIBA:
         return result if return_stages else result.mask
 
     def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: int | None,
-                         bar) -> InputIBAResult:
+                         bar, input_model: nn.Module) -> InputIBAResult:
         def stage_seed(i):
             return None if seed is None else seed + i
 
@@ -307,8 +313,11 @@ class InputIBA:
 
         explained = feat.targets if loss_fn is None else target
         _, row_loss = row_loss_for(explained, None, loss_fn, x.shape[0], cfg.input.n_copies, x.device)
-        fit = fit_input_bottleneck(self.model, x, gan.mask, row_loss, cfg.input, seed=stage_seed(2),
-                                   adapter=adapter, stats=self.input_stats)
+        input_adapter = adapter
+        if input_model is not self.model and adapter.kind == "tokens":
+            input_adapter = adapter_for(input_model, adapter.embedding_name, adapter.pad_index)
+        fit = fit_input_bottleneck(input_model, x, gan.mask, row_loss, cfg.input, seed=stage_seed(2),
+                                   adapter=input_adapter, stats=self.input_stats)
         clock.lap("input")
         _advance(bar, "input")
         mask = input_attribution(fit, adapter, adapter.valid(x))

@@ -126,3 +126,26 @@ def test_errors(left_half):
         att.attribute(torch.full((1, 1, 16, 16), float("nan")))
     with pytest.raises(ValueError, match="out of range"):
         att.attribute(torch.randn(1, 1, 16, 16), target=5)
+
+
+def test_input_stage_on_another_model_is_the_sanity_variant(image_loader):
+    """The early stages on the intact model, the input stage on a randomised copy."""
+    import copy
+
+    from inputiba.evaluation import sanity_check
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    cfg = InputIBAConfig.fast()
+    cfg.gan.n_samples, cfg.gan.epochs, cfg.input.steps = 8, 1, 5
+    att = InputIBA(model, "features.2", cfg)
+    att.estimate(image_loader, n_samples=40)
+    x = torch.randn(2, 3, 16, 16)
+    same = att.attribute(x, target=1, seed=0, input_model=copy.deepcopy(model))
+    assert torch.allclose(same, att.attribute(x, target=1, seed=0), atol=1e-6)
+    before = model_fingerprint(model)
+    result = sanity_check(model, lambda m, inp, t: att.attribute(inp, t, seed=0, input_model=m), x,
+                          torch.tensor([1, 1]), ["head.2", "features.2"])
+    assert result.ssim.shape == (2, 2) and (result.ssim < 0.999).any()
+    after = model_fingerprint(model)
+    assert before["training"] == after["training"] and before["hooks"] == after["hooks"]
