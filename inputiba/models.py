@@ -378,3 +378,88 @@ def load_text_classifier(path: str | os.PathLike | None = None) -> TextCheckpoin
     _check_keys(model, state["state_dict"], path)
     model.load_state_dict(state["state_dict"])
     return TextCheckpoint(model.eval(), vocab, list(state["classes"]), dict(state["info"]))
+
+
+# ---------------------------------------------------------------- cluttered FashionMNIST
+
+__all__ += ["ClutteredVGG", "CLUTTERED_LAYER", "load_cluttered_vgg", "cluttered_file"]
+
+#: The layer the bottleneck goes at in :class:`ClutteredVGG`: the first conv
+#: of the fourth block, at 1/8 of the input resolution, before its ReLU,
+#: ``(128, 8, 8)`` per image (the analogue of VGG16's conv4_1, ``features.17``).
+CLUTTERED_LAYER = "features.13"
+
+
+class ClutteredVGG(nn.Module):
+    """A VGG11-style network for ``(1, 64, 64)`` cluttered canvases, about 554k parameters.
+
+    Input ``(B, 1, 64, 64)`` standardised canvases (see
+    :mod:`inputiba.cluttered`); output ``(B, 10)`` logits. Four blocks of
+    3x3 convs with ReLUs, each ending in a 2x2 max-pool, as in VGG11 (one
+    conv in the first block, two in the others). Feature map sizes:
+    ``(16, 64, 64)``, ``(32, 32, 32)``, ``(64, 16, 16)``, ``(128, 8, 8)``;
+    ``(128, 4, 4)`` into a two-layer classifier.
+
+    Args:
+        num_classes: number of outputs.
+        dropout: dropout probability before the last layer.
+    """
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.25) -> None:
+        super().__init__()
+        # ReLUs are not in-place: an in-place one would overwrite the output of
+        # the conv before it, which a forward hook may have kept.
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(128 * 4 * 4, 128), nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(128, num_classes),
+        )
+        # torchvision's VGG initialisation: with PyTorch's default one this
+        # plain (batch-norm free) stack learns several times more slowly.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 1, 64, 64)`` canvases to ``(B, num_classes)`` logits."""
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def load_cluttered_vgg(path: str | os.PathLike | None = None) -> ClutteredVGG:
+    """A :class:`ClutteredVGG` in eval mode with trained weights.
+
+    Args:
+        path: state-dict file; ``None`` takes the shipped
+            ``pretrained/cluttered_vgg.pt`` (written by
+            ``pretrained/train_cluttered.py``).
+    """
+    model = ClutteredVGG()
+    load_state(model, cluttered_file("cluttered_vgg.pt") if path is None else path)
+    return model.eval()
+
+
+def cluttered_file(name: str) -> Path:
+    """:func:`pretrained_path`, naming the script that writes the cluttered benchmark's files."""
+    try:
+        return pretrained_path(name)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{_PRETRAINED / name} does not exist. The pretrained files ship with the source repository, "
+            f"not with the package; recreate them with `python pretrained/train_cluttered.py`.") from None
