@@ -1,13 +1,11 @@
 """The ``inputiba`` command line.
 
-``inputiba demo`` explains bundled FashionMNIST test images with the
-per-sample bottleneck on the bundled CNN and writes, per image, the float map
-(``.npy``, bits per pixel) and a PNG figure.
-
-``inputiba evaluate CONFIG.toml`` runs the evaluation harness
-(:mod:`inputiba.harness`) as a configuration file (TOML or JSON) describes:
-every metric for every method, one table (``results.csv``, ``results.md``)
-and the figures; an interrupted run resumes where it stopped.
+``inputiba demo`` explains the bundled example canvases (Fashion-MNIST items
+among distractors) with InputIBA on the bundled VGG-style CNN and writes, per
+canvas, every stage's float maps (``.npz``) and a figure: the canvas with the
+object's box, the IBA map of the feature stage (bits per pixel), the GAN's
+``lambda_G`` and the InputIBA mask. ``inputiba evaluate CONFIG`` runs the
+evaluation harness.
 """
 from __future__ import annotations
 
@@ -21,67 +19,77 @@ import torch
 __all__ = ["main", "run_demo"]
 
 
-def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int] = (0,),
-             seed: int = 0, device: str = "cpu", beta: float = 10.0) -> list[tuple[str, str]]:
-    """Explain bundled FashionMNIST images with IBA on the bundled CNN.
+def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int] | None = None,
+             seed: int = 0, device: str = "cpu", schedule: str = "fast") -> list[tuple[str, str]]:
+    """Explain bundled example canvases with InputIBA (and its IBA feature stage).
 
     Args:
         out_dir: folder for the results (created).
-        indices: which of the 16 bundled test images to explain.
-        seed: seed of the bottleneck noise.
+        indices: which bundled canvases to explain (``None``: all of them).
+        seed: seed of every random draw.
         device: torch device to run on.
-        beta: weight of the information term.
+        schedule: ``"fast"`` (:meth:`InputIBAConfig.fast`) or ``"published"``.
 
     Returns:
-        ``(npy_path, png_path)`` for each image.
+        ``(npz_path, png_path)`` for each canvas. The ``.npz`` holds
+        ``feature_map`` (bits per pixel), ``gan_mask`` (``lambda_G``),
+        ``mask`` (InputIBA, ``[0, 1]``), ``target`` and ``box``.
     """
+    from .cluttered import bundled_canvases
     from .datasets import FASHION_MNIST_CLASSES
-    from .estimation import FeatureStats
-    from .iba import IBA
-    from .io import save_npy
-    from .models import FASHION_CNN_LAYER, bundled_samples, load_fashion_cnn, pretrained_path
-    from .plotting import plot_saliency_map
+    from .io import save_npz
+    from .models import CLUTTERED_LAYER, cluttered_file, load_cluttered_vgg
+    from .pipeline import InputIBA, InputIBAConfig
+    from .plotting import plot_panels
 
-    raw, normalised, all_labels = bundled_samples()
+    if schedule not in ("fast", "published"):
+        raise ValueError(f"schedule must be 'fast' or 'published', got {schedule!r}")
+    raw, normalised, labels, boxes = bundled_canvases()
     n = raw.shape[0]
+    indices = list(range(n)) if indices is None else list(indices)
     bad = [i for i in indices if not 0 <= i < n]
     if bad:
-        raise ValueError(f"sample index {bad[0]} is out of range: {n} bundled images (0..{n - 1})")
-    images = raw[list(indices)].float() / 255.0
-    x = normalised[list(indices)].to(device)
-    labels = all_labels[list(indices)]
-
-    model = load_fashion_cnn().to(device)
-    stats = FeatureStats.load(pretrained_path("fashion_mnist_cnn_stats.pt"))
-    iba = IBA(model, FASHION_CNN_LAYER, stats=stats, beta=beta)
-    result = iba.attribute(x, seed=seed, return_result=True)
+        raise ValueError(f"canvas index {bad[0]} is out of range: {n} bundled canvases (0..{n - 1})")
+    x = normalised[indices].to(device)
+    model = load_cluttered_vgg().to(device)
+    config = InputIBAConfig.fast() if schedule == "fast" else InputIBAConfig()
+    att = InputIBA(model, CLUTTERED_LAYER, config)
+    att.load_stats(cluttered_file("cluttered_vgg_stats.pt"))
+    result = att.attribute(x, seed=seed, return_stages=True)
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=1)
 
     written = []
     for k, index in enumerate(indices):
-        pred = int(result.targets[k])
-        stem = os.path.join(os.fspath(out_dir), f"sample{index:02d}_iba")
-        npy, png = stem + ".npy", stem + ".png"
-        save_npy(npy, result.saliency[k])
-        title = (f"#{index}: {FASHION_MNIST_CLASSES[pred]} p={probs[k, pred]:.2f} "
-                 f"(true: {FASHION_MNIST_CLASSES[int(labels[k])]})\n"
-                 f"{float(result.saliency[k].sum()):.1f} bits at {FASHION_CNN_LAYER}")
-        plot_saliency_map(result.saliency[k], images[k], path=png, title=title)
-        written.append((npy, png))
+        pred, true = int(result.targets[k]), int(labels[index])
+        stem = os.path.join(os.fspath(out_dir), f"canvas{index:02d}")
+        npz, png = stem + ".npz", stem + ".png"
+        gan = result.gan_mask[k].mean(dim=0)
+        save_npz(npz, feature_map=result.feature_map[k].cpu().numpy(), gan_mask=gan.cpu().numpy(),
+                 mask=result.mask[k].cpu().numpy(), target=pred, box=boxes[index].numpy())
+        title = (f"canvas {index}: predicted {FASHION_MNIST_CLASSES[pred]} (p = {probs[k, pred]:.2f}), "
+                 f"true {FASHION_MNIST_CLASSES[true]}")
+        plot_panels(raw[index], {
+            f"IBA at {CLUTTERED_LAYER}: {float(result.feature_map[k].sum()):.0f} bits":
+                (result.feature_map[k], "bits per pixel"),
+            "GAN mask lambda_G": (gan, "[0, 1]"),
+            "InputIBA mask": (result.mask[k], "[0, 1]"),
+        }, png, title=title, box=tuple(boxes[index].tolist()))
+        written.append((npz, png))
     return written
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inputiba", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="explain bundled FashionMNIST images with IBA")
+    demo = sub.add_parser("demo", help="explain the bundled example canvases with InputIBA and IBA")
     demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    demo.add_argument("--indices", type=int, nargs="+", default=[0],
-                      help="bundled test images to explain, 0..15 (default: 0)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the bottleneck noise")
+    demo.add_argument("--indices", type=int, nargs="+", default=None,
+                      help="bundled canvases to explain (default: all)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    demo.add_argument("--beta", type=float, default=10.0, help="information weight (default: 10)")
+    demo.add_argument("--schedule", choices=["fast", "published"], default="fast",
+                      help="InputIBA schedule (default: fast, about 11x the published one's speed)")
     evaluate = sub.add_parser("evaluate", help="evaluate attribution methods with every metric, from a config file")
     evaluate.add_argument("config", help="configuration file (.toml or .json), "
                                          "e.g. configs/evaluate_fashion_mnist.toml")
@@ -89,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    for npy, png in run_demo(args.out, args.indices, args.seed, args.device, args.beta):
-        print(f"heatmap (bits per pixel): {npy}")
-        print(f"figure:                   {png}")
+    for npz, png in run_demo(args.out, args.indices, args.seed, args.device, args.schedule):
+        print(f"maps:   {npz}")
+        print(f"figure: {png}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

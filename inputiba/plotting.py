@@ -81,7 +81,8 @@ def plot_saliency_map(heatmap: Tensor | np.ndarray, image: Tensor | np.ndarray |
 
 
 def plot_panels(image: Tensor | np.ndarray, maps: dict[str, tuple[Tensor | np.ndarray, str]],
-                path: str | os.PathLike, title: str | None = None) -> None:
+                path: str | os.PathLike, title: str | None = None,
+                box: tuple[int, int, int, int] | None = None) -> None:
     """One row of panels: the image, then each map over it, each with its colorbar.
 
     Args:
@@ -89,6 +90,8 @@ def plot_panels(image: Tensor | np.ndarray, maps: dict[str, tuple[Tensor | np.nd
         maps: panel title -> ``((H, W) map, unit of its colorbar)``.
         path: PNG file to write (atomically).
         title: figure title.
+        box: ``(x0, y0, x1, y1)`` half-open pixel box drawn on every panel
+            (e.g. the object's bounding box).
     """
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -102,6 +105,13 @@ def plot_panels(image: Tensor | np.ndarray, maps: dict[str, tuple[Tensor | np.nd
         axes[0].set_title("image")
         for ax, (name, (heat, unit)) in zip(axes[1:], maps.items()):
             plot_saliency_map(heat, image, ax=ax, title=name, label=unit)
+        if box is not None:
+            from matplotlib.patches import Rectangle
+
+            x0, y0, x1, y1 = (float(v) for v in box)
+            for ax in axes:
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                       edgecolor="lime", linewidth=1.5))
         if title:
             fig.suptitle(title)
         with atomic_path(path, suffix=".png") as tmp:

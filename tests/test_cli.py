@@ -6,16 +6,19 @@ import numpy as np
 from inputiba.cli import main
 
 
-def test_demo_writes_float_maps_and_figures(tmp_path, capsys):
+def test_demo_writes_every_stage_and_a_figure(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--indices", "0", "3"]) == 0
     printed = capsys.readouterr().out
     for index in (0, 3):
-        npy = tmp_path / f"sample{index:02d}_iba.npy"
-        heat = np.load(npy)
-        assert heat.shape == (28, 28) and heat.dtype == np.float32
-        assert np.isfinite(heat).all() and (heat >= 0).all() and heat.sum() > 0
-        assert (tmp_path / f"sample{index:02d}_iba.png").stat().st_size > 1000
-        assert str(npy) in printed
+        npz = tmp_path / f"canvas{index:02d}.npz"
+        with np.load(npz) as maps:
+            bits, gan, mask = maps["feature_map"], maps["gan_mask"], maps["mask"]
+            assert bits.shape == gan.shape == mask.shape == (64, 64)
+            assert np.isfinite(bits).all() and (bits >= 0).all() and bits.sum() > 0
+            assert (mask >= 0).all() and (mask <= 1).all() and (gan >= 0).all() and (gan <= 1).all()
+            assert maps["box"].shape == (4,)
+        assert (tmp_path / f"canvas{index:02d}.png").stat().st_size > 1000
+        assert str(npz) in printed
 
 
 def test_demo_reports_a_bad_index(tmp_path, capsys):
@@ -26,4 +29,4 @@ def test_demo_reports_a_bad_index(tmp_path, capsys):
 
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "inputiba", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "demo" in done.stdout
+    assert done.returncode == 0 and "demo" in done.stdout and "evaluate" in done.stdout
