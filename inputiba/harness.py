@@ -565,11 +565,20 @@ def _collate(samples: Sequence[tuple]) -> tuple[Tensor, Tensor, list[Tensor]]:
     return images, labels, boxes
 
 
-def _batches(dataset: SampleSource, n: int, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(inputs, labels)`` batches of the first ``n`` samples, for a method's ``prepare``."""
-    for lo in range(0, n, batch_size):
-        images, labels, _ = _collate([dataset[i] for i in range(lo, min(lo + batch_size, n))])
-        yield images.to(device), labels.to(device)
+class _Batches:
+    """``(inputs, labels)`` batches of the first ``n`` samples, for a method's ``prepare``.
+
+    Re-iterable: some methods read their data twice (a histogram's range,
+    then its counts).
+    """
+
+    def __init__(self, dataset: SampleSource, n: int, batch_size: int, device: torch.device) -> None:
+        self.dataset, self.n, self.batch_size, self.device = dataset, n, batch_size, device
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for lo in range(0, self.n, self.batch_size):
+            images, labels, _ = _collate([self.dataset[i] for i in range(lo, min(lo + self.batch_size, self.n))])
+            yield images.to(self.device), labels.to(self.device)
 
 
 def _prepared(spec: MethodSpec, model: nn.Module, dataset: SampleSource, config: HarnessConfig) -> AttributionMethod:
@@ -577,7 +586,7 @@ def _prepared(spec: MethodSpec, model: nn.Module, dataset: SampleSource, config:
     method = spec.build(model)
     if method.needs_preparation():
         n = min(config.prepare_samples, len(dataset))
-        method.prepare(_batches(dataset, n, config.batch_size, model_device(model)), n_samples=n)
+        method.prepare(_Batches(dataset, n, config.batch_size, model_device(model)), n_samples=n)
     return method
 
 
@@ -883,6 +892,14 @@ def _fashion_mnist_data(root: str, split: str = "test", n_samples: int | None = 
     return data if n_samples is None else Subset(data, range(min(n_samples, len(data))))
 
 
+def _cluttered_data(root: str = "data", split: str = "test", n_samples: int = 64,
+                    seed: int = 0) -> SampleSource:
+    """Cluttered Fashion-MNIST canvases with their target boxes (:mod:`inputiba.cluttered`)."""
+    from .cluttered import ClutteredFashionMNIST
+
+    return ClutteredFashionMNIST(root, split=split, n=n_samples, seed=seed)
+
+
 #: Dataset loaders by ``[data] kind``; the other ``[data]`` keys are their
 #: keyword arguments. A loader returns a :class:`SampleSource`; one with
 #: boxes (a cluttered benchmark) yields ``(image, label, boxes)`` samples and
@@ -890,6 +907,7 @@ def _fashion_mnist_data(root: str, split: str = "test", n_samples: int | None = 
 DATASETS: dict[str, Callable[..., SampleSource]] = {
     "bundled": _bundled_data,
     "fashion_mnist": _fashion_mnist_data,
+    "cluttered": _cluttered_data,
 }
 
 

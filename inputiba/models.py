@@ -183,7 +183,8 @@ def load_fashion_cnn(path: str | os.PathLike | None = None) -> FashionCNN:
 def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
     """An untrained model by architecture name.
 
-    ``"fashion_cnn"`` is the bundled :class:`FashionCNN`; any other name is a
+    ``"fashion_cnn"`` and ``"cluttered_vgg"`` are the bundled
+    :class:`FashionCNN` and :class:`ClutteredVGG`; any other name is a
     torchvision architecture (``"vgg16"``, ``"resnet50"``, ...), built without
     weights.
 
@@ -194,11 +195,12 @@ def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
 
     import torchvision
 
-    if arch == "fashion_cnn":
-        return FashionCNN(**({} if num_classes is None else {"num_classes": num_classes}))
+    ours = {"fashion_cnn": FashionCNN, "cluttered_vgg": ClutteredVGG}
+    if arch in ours:
+        return ours[arch](**({} if num_classes is None else {"num_classes": num_classes}))
     names = torchvision.models.list_models()
     if arch not in names:
-        close = difflib.get_close_matches(arch, names + ["fashion_cnn"], n=5)
+        close = difflib.get_close_matches(arch, names + list(ours), n=5)
         hint = f"; close names: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown architecture {arch!r}{hint}")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -236,17 +238,18 @@ def load_model(arch: str, weights: str | os.PathLike | None, num_classes: int | 
         arch: architecture name (see :func:`build_model`).
         weights: a state-dict file; ``"hub"`` for torchvision's default
             weights in the torch hub cache (:func:`hub_weights_path`);
-            ``"bundled"`` for the shipped FashionMNIST weights
-            (``arch="fashion_cnn"``); ``None`` keeps random weights.
+            ``"bundled"`` for the shipped weights (``arch="fashion_cnn"`` or
+            ``"cluttered_vgg"``); ``None`` keeps random weights.
         num_classes: output classes, when not the architecture's default.
     """
     model = build_model(arch, num_classes)
     if weights == "hub":
         weights = hub_weights_path(arch)
     elif weights == "bundled":
-        if arch != "fashion_cnn":
-            raise ValueError("weights='bundled' exists only for arch='fashion_cnn'")
-        weights = pretrained_path("fashion_mnist_cnn.pt")
+        bundled = {"fashion_cnn": "fashion_mnist_cnn.pt", "cluttered_vgg": "cluttered_vgg.pt"}
+        if arch not in bundled:
+            raise ValueError(f"weights='bundled' exists only for arch in {sorted(bundled)}")
+        weights = pretrained_path(bundled[arch])
     if weights is not None:
         load_state(model, weights)
     return model.eval()

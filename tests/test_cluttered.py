@@ -222,3 +222,15 @@ def test_shipped_stats_fit_the_bottleneck_layer():
     stats = FeatureStats.load(pretrained_path("cluttered_vgg_stats.pt"))
     assert stats.shape == (128, 8, 8)
     assert stats.n_samples == 1000 and not stats.relu
+
+
+def test_the_harness_reads_the_benchmark_and_the_bundled_model(root):
+    from inputiba.harness import load_dataset
+    from inputiba.models import load_model
+
+    data = load_dataset("cluttered", root=str(root), split="test", n_samples=3)
+    image, label, box = data[2]
+    assert len(data) == 3 and image.shape == (1, 64, 64) and box.shape == (4,)
+    model = load_model("cluttered_vgg", "bundled")
+    assert torch.equal(model.state_dict()["features.13.weight"],
+                       load_cluttered_vgg().state_dict()["features.13.weight"])

@@ -318,3 +318,14 @@ def test_an_inputiba_config_is_read_from_a_preset_name_or_a_table(tiny_cnn):
         MethodSpec("inputiba", {"config": "quick"}).build(tiny_cnn)
     with pytest.raises(ValueError, match="label"):
         MethodSpec("random", label="../escape")
+
+
+def test_prepare_data_can_be_read_twice():
+    """A histogram prior reads its data twice (range, then counts): the harness's batches allow it."""
+    from inputiba.harness import _Batches
+
+    data = [(torch.full((1, 4, 4), float(i)), i % 2) for i in range(5)]
+    batches = _Batches(data, 5, 2, torch.device("cpu"))
+    first = [x.clone() for x, _ in batches]
+    second = [x for x, _ in batches]
+    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
