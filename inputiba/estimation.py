@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .hooks import features_at, preserved_state
-from .io import atomic_path
+from .io import atomic_path, load_weights_only
 from .validation import batch_inputs, check_finite, model_device
 
 __all__ = ["Moments", "batch_moments", "merge_moments", "FeatureStats", "estimate_stats"]
@@ -138,12 +138,7 @@ class FeatureStats:
         Raises:
             ValueError: the file cannot be read as one.
         """
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:
-            raise ValueError(f"cannot read feature statistics from {path}: {err}") from err
+        state = load_weights_only(path, "feature statistics", map_location=map_location)
         if not isinstance(state, dict):
             raise ValueError(f"{path} is not a feature-statistics file")
         return state

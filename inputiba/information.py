@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .bottleneck import capacity_to_saliency
 from .hooks import preserved_state
-from .io import atomic_path
+from .io import atomic_path, load_weights_only
 from .multi import capture, dataset_inputs, resolve_layers
 from .validation import check_finite, model_device
 
@@ -281,14 +281,7 @@ class ActivationPrior:
         Raises:
             ValueError: the file is not a prior file.
         """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:
-            raise ValueError(f"cannot read an activation prior from {path}: {err}") from err
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not an activation-prior file (format {_FORMAT})")
+        state = load_weights_only(path, "an activation prior", "an activation-prior", _FORMAT)
         priors: dict[str, LayerPrior] = {}
         for name, s in state["layers"].items():
             if s["kind"] == "histogram":

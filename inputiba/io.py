@@ -1,4 +1,8 @@
-"""Writing result files atomically, so an interrupted run never leaves half a file."""
+"""Files: written atomically, so an interrupted run never leaves half a file, and read safely.
+
+Every checkpoint-like file of the library is read by :func:`load_weights_only`
+(``torch.load(..., weights_only=True)``: tensors and plain data, no code).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +14,7 @@ import numpy as np
 
 T = TypeVar("T")
 
-__all__ = ["atomic_path", "save_npy", "save_npz", "shard", "distributed_rank"]
+__all__ = ["atomic_path", "load_weights_only", "save_npy", "save_npz", "shard", "distributed_rank"]
 
 
 @contextlib.contextmanager
@@ -33,6 +37,36 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def load_weights_only(path: str | os.PathLike, what: str, kind: str | None = None,
+                      file_format: str | None = None, map_location: str | object = "cpu") -> object:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and what it should hold.
+
+    Args:
+        path: the file.
+        what: what it should hold, for messages (``"a state dict"``).
+        kind: with ``file_format``, the file kind for messages
+            (``"a text-classifier"``).
+        file_format: the value the file's ``"format"`` key must have, if any.
+        map_location: where tensors are loaded.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read (corrupt, or it holds code
+            objects), or its ``"format"`` is not ``file_format``.
+    """
+    import torch
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"cannot read {what} from {path}: {err}") from err
+    if file_format is not None and (not isinstance(state, dict) or state.get("format") != file_format):
+        raise ValueError(f"{path} is not {kind or what} file (format {file_format})")
+    return state
 
 
 def _umask() -> int:

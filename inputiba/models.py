@@ -84,12 +84,9 @@ def load_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         ValueError: the file is corrupt, holds no state dict, or its keys or
             shapes do not match ``model`` (the offending keys are named).
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(f"cannot read a state dict from {path}: {err}") from err
+    from .io import load_weights_only
+
+    state = load_weights_only(path, "a state dict")
     state = _unwrap(state)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
@@ -364,14 +361,9 @@ def load_text_classifier(path: str | os.PathLike | None = None) -> TextCheckpoin
     from .text import Vocabulary, check_vocabulary
 
     path = pretrained_path("rotten_tomatoes_lstm.pt") if path is None else path
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(f"cannot read a text classifier from {path}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != "inputiba.text_classifier/1":
-        raise ValueError(f"{path} is not a text-classifier file written by save_text_classifier")
+    from .io import load_weights_only
+
+    state = load_weights_only(path, "a text classifier", "a text-classifier", "inputiba.text_classifier/1")
     try:
         model = LSTMClassifier(**state["settings"])
     except TypeError as err:

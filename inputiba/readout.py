@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats
 from .hooks import preserved_state, replaced
-from .io import atomic_path
+from .io import atomic_path, load_weights_only
 from .multi import capture, estimate_layer_stats, resolve_layers
 from .validation import check_finite, check_settings, model_device, resolve_targets, run_model
 
@@ -537,15 +537,7 @@ class ReadoutBottleneck:
 
 
 def _read(path: str | os.PathLike) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(f"cannot read a readout bottleneck from {path}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a readout-bottleneck file (format {_FORMAT})")
-    return state
+    return load_weights_only(path, "a readout bottleneck", "a readout-bottleneck", _FORMAT)
 
 
 def _split_batch(batch, train_target: str) -> tuple[Tensor, Tensor | None]:

@@ -40,3 +40,27 @@ def test_save_npz_round_trip(tmp_path):
     save_npz(tmp_path / "r.npz", mask=torch.ones(2, 2), target=torch.tensor(3))
     data = np.load(tmp_path / "r.npz")
     assert data["mask"].shape == (2, 2) and int(data["target"]) == 3
+
+
+def test_load_weights_only_names_the_file_and_refuses_code(tmp_path):
+    import fractions
+
+    import pytest
+    import torch
+
+    from inputiba.io import load_weights_only
+
+    good = tmp_path / "good.pt"
+    torch.save({"format": "x/1", "w": torch.ones(2)}, good)
+    assert torch.equal(load_weights_only(good, "a thing", "a thing", "x/1")["w"], torch.ones(2))
+    with pytest.raises(ValueError, match="is not a y file \\(format y/1\\)"):
+        load_weights_only(good, "a thing", "a y", "y/1")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot read a thing from .*junk.pt"):
+        load_weights_only(tmp_path / "junk.pt", "a thing")
+    # an arbitrary Python object is not loaded (weights_only): it could run code
+    torch.save(fractions.Fraction(1, 3), tmp_path / "code.pt")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_weights_only(tmp_path / "code.pt", "a thing")
+    with pytest.raises(FileNotFoundError):
+        load_weights_only(tmp_path / "missing.pt", "a thing")
