@@ -338,7 +338,9 @@ class SanityMetric:
     method is rebuilt on the randomised copy (and prepared again if it needs
     data) and its maps compared with the intact model's by SSIM and Spearman
     correlation. The table shows the SSIM after the last cut. Skipped when
-    ``layers`` is empty.
+    ``layers`` is empty. A bottleneck method given ``stats`` from a file
+    keeps those (the intact model's) statistics after every cut; without
+    ``stats`` it re-estimates them on each randomised model.
 
     Attributes:
         layers: dotted layer names, top first.

@@ -1,4 +1,9 @@
-"""Figures of attribution maps. Normalisation happens here only, for display."""
+"""Figures of attribution maps. Normalisation happens here only, for display.
+
+Figures written to a file are drawn on a bare matplotlib ``Figure``, never
+through pyplot, so the caller's backend (a notebook's inline one) is left
+alone.
+"""
 from __future__ import annotations
 
 import os
@@ -45,16 +50,17 @@ def plot_saliency_map(heatmap: Tensor | np.ndarray, image: Tensor | np.ndarray |
     Returns:
         The matplotlib axes.
     """
-    import matplotlib
-    if path is not None and ax is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     heat = heatmap.detach().cpu().float().numpy() if isinstance(heatmap, Tensor) else np.asarray(heatmap, float)
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be (H, W), got shape {heat.shape}")
-    own = ax is None
-    if own:
+    if ax is None and path is not None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.5, 4))
+        ax = fig.subplots()
+    elif ax is None:
+        import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(4.5, 4))
     else:
         fig = ax.figure
@@ -71,12 +77,8 @@ def plot_saliency_map(heatmap: Tensor | np.ndarray, image: Tensor | np.ndarray |
     if title:
         ax.set_title(title)
     if path is not None:
-        try:
-            with atomic_path(path, suffix=".png") as tmp:
-                fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        finally:
-            if own:
-                plt.close(fig)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     return ax
 
 
@@ -93,28 +95,25 @@ def plot_panels(image: Tensor | np.ndarray, maps: dict[str, tuple[Tensor | np.nd
         box: ``(x0, y0, x1, y1)`` half-open pixel box drawn on every panel
             (e.g. the object's bounding box).
     """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(4.2 * (1 + len(maps)), 4))
-    try:
-        img = to_display_image(image)
-        axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
-        axes[0].set_axis_off()
-        axes[0].set_title("image")
-        for ax, (name, (heat, unit)) in zip(axes[1:], maps.items()):
-            plot_saliency_map(heat, image, ax=ax, title=name, label=unit)
-        if box is not None:
-            from matplotlib.patches import Rectangle
+    fig = Figure(figsize=(4.2 * (1 + len(maps)), 4))
+    axes = fig.subplots(1, 1 + len(maps))
+    img = to_display_image(image)
+    axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+    axes[0].set_axis_off()
+    axes[0].set_title("image")
+    for ax, (name, (heat, unit)) in zip(axes[1:], maps.items()):
+        plot_saliency_map(heat, image, ax=ax, title=name, label=unit)
+    if box is not None:
+        from matplotlib.patches import Rectangle
 
-            x0, y0, x1, y1 = (float(v) for v in box)
-            for ax in axes:
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                       edgecolor="lime", linewidth=1.5))
-        if title:
-            fig.suptitle(title)
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        for ax in axes:
+            # pixel centres sit on integer coordinates: a half-open box spans x0 - 0.5 .. x1 - 0.5
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor="lime", linewidth=1.5))
+    if title:
+        fig.suptitle(title)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")

@@ -29,3 +29,20 @@ def test_display_image_layouts_and_range():
     assert out.shape == (5, 6, 3) and out.min() == 0.0 and out.max() == 1.0
     assert to_display_image(np.ones((1, 4, 4))).shape == (4, 4)
     assert to_display_image(np.ones((4, 4))).max() == 0.0
+
+
+def test_figures_written_to_files_never_touch_pyplot(tmp_path):
+    """A notebook's inline backend must survive: file figures are drawn without pyplot."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from inputiba.plotting import plot_panels, plot_saliency_map\n"
+        f"plot_panels(torch.rand(1, 8, 8), {{'m': (torch.rand(8, 8), 'u')}}, r'{tmp_path / 'a.png'}', box=(1, 1, 4, 4))\n"
+        f"plot_saliency_map(torch.rand(8, 8), path=r'{tmp_path / 'b.png'}')\n"
+        "print('matplotlib.pyplot' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert (tmp_path / "a.png").stat().st_size > 500 and (tmp_path / "b.png").stat().st_size > 500
