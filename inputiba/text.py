@@ -195,6 +195,10 @@ class TokenScores:
         if len(self.tokens) != len(self.scores):
             raise ValueError(f"{len(self.tokens)} tokens but {len(self.scores)} scores")
 
+    def _repr_html_(self) -> str:
+        """The highlighted text, as a notebook shows it."""
+        return render_html([self], fragment=True)
+
 
 def _shades(scores: Sequence[float]) -> list[float]:
     """Scores scaled to ``[0, 1]`` by the text's largest one (all 0 when none is positive)."""
@@ -214,27 +218,30 @@ def render_terminal(item: TokenScores) -> str:
     return head + " ".join(parts)
 
 
-def render_html(items: Sequence[TokenScores], title: str = "Token attribution") -> str:
+def render_html(items: Sequence[TokenScores], title: str = "Token attribution",
+                fragment: bool = False) -> str:
     """A self-contained HTML page: one paragraph per text, tokens highlighted by score.
 
     Every token, label and the title are HTML-escaped; the score is in each
-    token's tooltip.
+    token's tooltip. ``fragment=True`` gives only the texts, with inline
+    styles and no page-wide ones, to embed in a notebook or another page.
     """
     rows = []
     for item in items:
         spans = []
         for token, score, shade in zip(item.tokens, item.scores, _shades(item.scores)):
-            spans.append(f'<span style="background: rgba(220, 40, 40, {shade:.3f})" '
-                         f'title="{score:.4g}">{html.escape(token)}</span>')
+            spans.append(f'<span style="background: rgba(220, 40, 40, {shade:.3f}); padding: 1px 2px; '
+                         f'border-radius: 3px" title="{score:.4g}">{html.escape(token)}</span>')
         head = ""
         if item.label is not None:
             p = "" if item.probability is None else f" (p = {item.probability:.3f})"
-            head = f"<div class=label>{html.escape(str(item.label))}{p}</div>"
-        rows.append(f"<div class=text>{head}<p>{' '.join(spans)}</p></div>")
+            head = f'<div style="font-weight: bold">{html.escape(str(item.label))}{p}</div>'
+        rows.append(f'<div style="line-height: 1.9">{head}<p>{" ".join(spans)}</p></div>')
+    if fragment:
+        return "\n".join(rows)
     return ("<!DOCTYPE html>\n<html><head><meta charset=utf-8>"
             f"<title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.9}"
-            ".label{font-weight:bold}span{padding:1px 2px;border-radius:3px}"
             "</style></head><body>"
             f"<h1>{html.escape(title)}</h1>\n" + "\n".join(rows) + "\n</body></html>\n")
 

@@ -151,3 +151,10 @@ def test_text_batches_are_reiterable_and_reproducible():
     assert [ids.tolist() for ids, _ in replay] == first
     with pytest.raises(ValueError, match="empty"):
         TextDataset([], [], ["x"]).batches(vocab)
+
+
+def test_html_fragment_embeds_without_page_styles():
+    item = TokenScores(["<b>", "ok"], [1.0, 0.0])
+    fragment = item._repr_html_()
+    assert "<style>" not in fragment and "<html>" not in fragment and "&lt;b&gt;" in fragment
+    assert render_html([item], fragment=True) == fragment
