@@ -812,6 +812,17 @@ def _save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _style(k: int) -> dict:
+    """Colour and marker of method ``k``: distinct for up to 40 methods."""
+    return {"color": f"C{k % 10}", "marker": "os^Dv"[k // 10 % 5], "markersize": 3, "markevery": 0.1}
+
+
+def _outside_legend(fig, ax) -> None:
+    """One legend for the figure, right of the plots, so no curve hides behind it."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+
+
 def _figures(folder: Path, metrics: list[Metric], curves: dict[str, dict[str, np.ndarray]],
              sanities: dict[str, dict[str, np.ndarray]]) -> dict[str, Path]:
     """Mean curves per method of the metrics that have curves; figure name -> path.
@@ -827,47 +838,47 @@ def _figures(folder: Path, metrics: list[Metric], curves: dict[str, dict[str, np
     if perturbation:
         fig = Figure(figsize=(5 * len(perturbation), 4))
         for ax, name in zip(fig.subplots(1, len(perturbation), squeeze=False)[0], perturbation):
-            for label, c in curves.items():
+            for k, (label, c) in enumerate(curves.items()):
                 mean = _mean_curve(c[name])
-                ax.plot(np.linspace(0, 1, len(mean)), mean, label=label)
+                ax.plot(np.linspace(0, 1, len(mean)), mean, label=label, **_style(k))
             ax.set(title=name.capitalize(), xlabel="fraction of pixels " + ("removed" if name == "deletion"
                                                                            else "inserted"),
                    ylabel="target probability")
-            ax.legend(fontsize="small")
+        _outside_legend(fig, ax)
         written["insertion_deletion"] = _save_figure(fig, folder / "insertion_deletion.png")
     tiles = next((m.tiles for m in metrics if isinstance(m, DegradationMetric)), ())
     if tiles:
         fig = Figure(figsize=(5 * len(tiles), 4))
         for ax, t in zip(fig.subplots(1, len(tiles), squeeze=False)[0], tiles):
             for k, (label, c) in enumerate(curves.items()):
-                colour = f"C{k % 10}"
-                for part, style in (("morf", "-"), ("lerf", "--")):
+                for part, line in (("morf", "-"), ("lerf", "--")):
                     mean = _mean_curve(c[f"degradation_{t}_{part}"])
-                    ax.plot(np.linspace(0, 1, len(mean)), mean, style, color=colour,
-                            label=f"{label} {part.upper()}")
-            ax.set(title=f"Degradation, {t}×{t} tiles", xlabel="fraction of tiles removed",
-                   ylabel="target probability / unperturbed")
-            ax.legend(fontsize="small")
+                    ax.plot(np.linspace(0, 1, len(mean)), mean, linestyle=line,
+                            label=f"{label} {part.upper()}", **_style(k))
+            ax.set(title=f"Degradation, {t}×{t} tiles (MoRF solid, LeRF dashed)",
+                   xlabel="fraction of tiles removed", ylabel="target probability / unperturbed")
+        _outside_legend(fig, ax)
         written["degradation"] = _save_figure(fig, folder / "degradation.png")
     if "sensitivity_n" in names:
         fig = Figure(figsize=(5, 4))
         ax = fig.subplots()
-        for label, c in curves.items():
-            ax.plot(c["sensitivity_n_ns"][0], _mean_curve(c["sensitivity_n"]), "o-", label=label)
+        for k, (label, c) in enumerate(curves.items()):
+            ax.plot(c["sensitivity_n_ns"][0], _mean_curve(c["sensitivity_n"]), label=label,
+                    **{**_style(k), "markevery": 1})
         ax.set(xscale="log", title="Sensitivity-N", xlabel="N (units removed)", ylabel="mean Pearson correlation")
-        ax.legend(fontsize="small")
+        _outside_legend(fig, ax)
         written["sensitivity_n"] = _save_figure(fig, folder / "sensitivity_n.png")
     if sanities:
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        for label, s in sanities.items():
-            ax.plot(np.arange(s["ssim"].shape[0] + 1), np.concatenate([[1.0], _mean_curve(s["ssim"].T)]), "o-",
-                    label=label)
+        for k, (label, s) in enumerate(sanities.items()):
+            ax.plot(np.arange(s["ssim"].shape[0] + 1), np.concatenate([[1.0], _mean_curve(s["ssim"].T)]),
+                    label=label, **{**_style(k), "markevery": 1})
         layers = next(iter(sanities.values()))["layers"]
         ax.set_xticks(np.arange(len(layers) + 1), ["intact"] + [str(layer) for layer in layers], rotation=45,
                       ha="right")
         ax.set(title="Cascading randomisation", xlabel="randomised down to", ylabel="mean SSIM to intact map")
-        ax.legend(fontsize="small")
+        _outside_legend(fig, ax)
         written["sanity"] = _save_figure(fig, folder / "sanity.png")
     return written
 
