@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .hooks import features_at, preserved_state
+from .hooks import capture, preserved_state
 from .io import atomic_path, load_weights_only
 from .validation import batch_inputs, check_finite, model_device
 
-__all__ = ["Moments", "batch_moments", "merge_moments", "FeatureStats", "estimate_stats"]
+__all__ = ["Moments", "batch_moments", "merge_moments", "FeatureStats", "estimate_stats",
+           "estimate_layer_stats", "dataset_inputs"]
 
 
 @dataclass
@@ -165,23 +166,76 @@ def estimate_stats(model: nn.Module, layer: nn.Module, loader: Iterable, n_sampl
                    relu: bool = False, min_std: float = 0.01, active_threshold: float = 0.01,
                    layer_name: str = "layer", progress: bool = False,
                    positions: Callable[[Tensor], Tensor] | None = None) -> FeatureStats:
-    """Estimate a layer's :class:`FeatureStats` over the inputs a loader yields.
+    """Estimate one layer's :class:`FeatureStats` over the inputs a loader yields.
 
-    The forward pass stops at ``layer``. Batches are moved to the model's
-    device; the last one is cut so that exactly ``n_samples`` inputs are used
-    when the loader holds that many.
-
-    With ``positions`` (sequences), the layer's output ``(B, T, *rest)`` is
-    pooled over the real positions ``positions(inputs)`` ``(B, T)`` of every
-    input, so the statistics have shape ``rest`` and padding counts nowhere.
+    :func:`estimate_layer_stats` for a single layer: the forward pass stops
+    at ``layer``; batches are moved to the model's device; the last one is
+    cut so that exactly ``n_samples`` inputs are used when the loader holds
+    that many; ``positions`` pools sequence positions.
 
     Raises:
         ValueError: the loader yields no samples, or non-finite inputs.
     """
+    return estimate_layer_stats(model, {layer_name: layer}, loader, n_samples, relu, min_std,
+                                active_threshold, progress, positions)[layer_name]
+
+
+def dataset_inputs(loader: Iterable, n_samples: int, device: torch.device,
+                   what: str = "inputs") -> Iterator[Tensor]:
+    """The input tensors of a loader's batches, on ``device``, ``n_samples`` in all at most.
+
+    The last batch is cut so that exactly ``n_samples`` are yielded when the
+    loader holds that many.
+
+    Raises:
+        ValueError: a batch holds NaN or infinite values (``what`` names them).
+    """
     if n_samples < 1:
         raise ValueError(f"n_samples must be positive, got {n_samples}")
+    seen = 0
+    for batch in loader:
+        x = batch_inputs(batch)[: n_samples - seen]
+        if x.shape[0] == 0:
+            continue
+        check_finite(x, what)
+        yield x.to(device)
+        seen += x.shape[0]
+        if seen >= n_samples:
+            return
+
+
+def estimate_layer_stats(model: nn.Module, layers: Mapping[str, nn.Module], loader: Iterable,
+                         n_samples: int = 1000, relu: bool | Mapping[str, bool] = False,
+                         min_std: float = 0.01, active_threshold: float = 0.01,
+                         progress: bool = False,
+                         positions: Callable[[Tensor], Tensor] | None = None) -> dict[str, FeatureStats]:
+    """:class:`~inputiba.estimation.FeatureStats` of several layers, in one pass per batch.
+
+    Chan's merge of whole batches, in float64, for every layer of
+    ``layers`` at once; each forward pass stops after the last of them.
+    With ``positions`` (sequences), each layer's output ``(B, T, *rest)`` is
+    pooled over the real positions ``positions(inputs)`` ``(B, T)``, so the
+    statistics have shape ``rest`` and padding counts nowhere.
+
+    Args:
+        model: the model (put in eval mode, frozen, for the call).
+        layers: ``{name: module}``.
+        loader: yields input tensors or ``(inputs, targets)`` pairs.
+        n_samples: inputs to use at most.
+        relu: the half-Gaussian variant for every layer, or per layer name.
+        min_std: lower bound of the std.
+        active_threshold: fraction of non-zero samples above which an element is active.
+        progress: show a progress bar.
+        positions: real positions of sequence inputs, see above.
+
+    Returns:
+        ``{name: FeatureStats}`` with each layer's ``(*shape)`` statistics.
+
+    Raises:
+        ValueError: the loader yields no samples, or non-finite inputs.
+    """
     device = model_device(model)
-    moments: Moments | None = None
+    moments: dict[str, Moments] = {}
     seen = 0
     bar = None
     if progress:
@@ -189,24 +243,21 @@ def estimate_stats(model: nn.Module, layer: nn.Module, loader: Iterable, n_sampl
         bar = tqdm(total=n_samples, desc="estimate", unit="sample")
     try:
         with torch.no_grad(), preserved_state(model):
-            for batch in loader:
-                x = batch_inputs(batch)[: n_samples - seen].to(device)
-                if x.shape[0] == 0:
-                    continue
-                check_finite(x, "estimation inputs")
-                features = features_at(model, layer, x, layer_name)
-                if positions is not None:
-                    features = features[positions(x)]
-                m = batch_moments(features)
-                moments = m if moments is None else merge_moments(moments, m)
+            for x in dataset_inputs(loader, n_samples, device, "estimation inputs"):
+                outputs, _ = capture(model, layers, x)
+                real = positions(x) if positions is not None else None
+                for name, features in outputs.items():
+                    m = batch_moments(features if real is None else features[real])
+                    moments[name] = m if name not in moments else merge_moments(moments[name], m)
                 seen += x.shape[0]
                 if bar is not None:
                     bar.update(x.shape[0])
-                if seen >= n_samples:
-                    break
     finally:
         if bar is not None:
             bar.close()
-    if moments is None:
+    if not moments:
         raise ValueError("the loader yielded no samples to estimate the feature statistics from")
-    return FeatureStats.from_moments(moments, seen, relu, min_std, active_threshold)
+    relu_of = relu if isinstance(relu, Mapping) else {name: relu for name in layers}
+    return {name: FeatureStats.from_moments(moments[name], seen, bool(relu_of.get(name, False)),
+                                            min_std, active_threshold)
+            for name in layers}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,8 @@ __all__ = [
     "replaced",
     "preserved_state",
     "features_at",
+    "resolve_layers",
+    "capture",
     "layer_tensor",
     "with_layer_tensor",
     "cudnn_rnn_disabled",
@@ -199,3 +201,75 @@ def features_at(model: nn.Module, layer: nn.Module, inputs: Tensor,
     except MODEL_ERRORS as err:
         raise rejected_input(model, inputs, err) from err
     raise LayerNotReached(f"the forward pass of {type(model).__name__} never called layer {layer_name!r}")
+
+
+class _AllCaptured(Exception):
+    """Raised inside a hook to end a forward pass once every layer was seen."""
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> dict[str, nn.Module]:
+    """``{dotted_name: module}`` for layers given by name or object, in the given order.
+
+    Raises:
+        ValueError: no layers, an unknown name (close names are listed), a
+            module not in ``model``, or the same layer twice.
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    resolved: dict[str, nn.Module] = {}
+    for layer in layers:
+        name, module = resolve_layer(model, layer)
+        if name in resolved:
+            raise ValueError(f"layer {name!r} is given twice")
+        resolved[name] = module
+    if not resolved:
+        raise ValueError("no layers given")
+    return resolved
+
+
+def capture(model: nn.Module, layers: Mapping[str, nn.Module], inputs: Tensor, *,
+            run_to_end: bool = False) -> tuple[dict[str, Tensor], object]:
+    """The outputs of several layers for ``inputs``, in one forward pass.
+
+    Each output is copied, so that an in-place operation after the layer
+    (``ReLU(inplace=True)``) cannot change it. Without ``run_to_end`` the
+    pass stops as soon as every layer has run. Run it under ``no_grad`` when
+    no gradient is needed.
+
+    Args:
+        model: the model.
+        layers: ``{name: module}`` as :func:`resolve_layers` returns.
+        inputs: what the model is called with.
+        run_to_end: finish the pass and return the model's output too.
+
+    Returns:
+        ``({name: (B, *shape) tensor}, outputs)``; ``outputs`` is ``None``
+        unless ``run_to_end``.
+
+    Raises:
+        LayerNotReached: a layer never ran (they are named).
+        ValueError: the model rejected ``inputs``.
+    """
+    captured: dict[str, Tensor] = {}
+
+    def grab(name: str):
+        def hook(module, args, output):
+            if name not in captured:
+                captured[name] = layer_tensor(output, name).clone()
+                if not run_to_end and len(captured) == len(layers):
+                    raise _AllCaptured
+        return hook
+
+    outputs = None
+    try:
+        with forward_hooks([(module, grab(name)) for name, module in layers.items()]):
+            outputs = model(inputs)
+    except _AllCaptured:
+        pass
+    except MODEL_ERRORS as err:
+        raise rejected_input(model, inputs, err) from err
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        raise LayerNotReached(
+            f"the forward pass of {type(model).__name__} never called layer(s) {', '.join(map(repr, missing))}")
+    return captured, outputs

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from .bottleneck import capacity_to_saliency
 from .hooks import preserved_state
 from .io import atomic_path, load_weights_only
-from .multi import capture, dataset_inputs, resolve_layers
+from .estimation import dataset_inputs
+from .hooks import capture, resolve_layers
 from .validation import check_finite, model_device
 
 __all__ = ["HistogramPrior", "HalfGaussianPrior", "LayerPrior", "ActivationPrior", "InformationResult",

@@ -6,175 +6,26 @@ plus the information terms of every bottleneck summed (the plan of the
 "Info-Attribution" README, §2.2, never finished there). It returns one map per
 depth and their sum.
 
-The helpers below serve every module that reads several layers in one
-forward pass (the readout bottleneck, the information measurement):
-:func:`resolve_layers`, :func:`capture` and :func:`estimate_layer_stats`.
+Several layers are read in one forward pass with
+:func:`inputiba.hooks.capture`; their statistics come from
+:func:`inputiba.estimation.estimate_layer_stats`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smooth_mask
-from .estimation import FeatureStats, Moments, batch_moments, merge_moments
-from .hooks import LayerNotReached, forward_hooks, layer_tensor, preserved_state, resolve_layer, with_layer_tensor
+from .estimation import FeatureStats, estimate_layer_stats
+from .hooks import (LayerNotReached, capture, forward_hooks, layer_tensor, preserved_state, resolve_layers,
+                    with_layer_tensor)
 from .iba import IBAConfig, _reaches, row_loss_for
-from .validation import MODEL_ERRORS, batch_inputs, check_finite, model_device, rejected_input, slice_targets
+from .validation import check_finite, model_device, slice_targets
 
-__all__ = ["resolve_layers", "capture", "dataset_inputs", "estimate_layer_stats", "MultiIBAResult", "MultiIBA"]
-
-
-class _AllCaptured(Exception):
-    """Raised inside a hook to end a forward pass once every layer was seen."""
-
-
-def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> dict[str, nn.Module]:
-    """``{dotted_name: module}`` for layers given by name or object, in the given order.
-
-    Raises:
-        ValueError: no layers, an unknown name (close names are listed), a
-            module not in ``model``, or the same layer twice.
-    """
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    resolved: dict[str, nn.Module] = {}
-    for layer in layers:
-        name, module = resolve_layer(model, layer)
-        if name in resolved:
-            raise ValueError(f"layer {name!r} is given twice")
-        resolved[name] = module
-    if not resolved:
-        raise ValueError("no layers given")
-    return resolved
-
-
-def capture(model: nn.Module, layers: Mapping[str, nn.Module], inputs: Tensor, *,
-            run_to_end: bool = False) -> tuple[dict[str, Tensor], object]:
-    """The outputs of several layers for ``inputs``, in one forward pass.
-
-    Each output is copied, so that an in-place operation after the layer
-    (``ReLU(inplace=True)``) cannot change it. Without ``run_to_end`` the
-    pass stops as soon as every layer has run. Run it under ``no_grad`` when
-    no gradient is needed.
-
-    Args:
-        model: the model.
-        layers: ``{name: module}`` as :func:`resolve_layers` returns.
-        inputs: what the model is called with.
-        run_to_end: finish the pass and return the model's output too.
-
-    Returns:
-        ``({name: (B, *shape) tensor}, outputs)``; ``outputs`` is ``None``
-        unless ``run_to_end``.
-
-    Raises:
-        LayerNotReached: a layer never ran (they are named).
-        ValueError: the model rejected ``inputs``.
-    """
-    captured: dict[str, Tensor] = {}
-
-    def grab(name: str):
-        def hook(module, args, output):
-            if name not in captured:
-                captured[name] = layer_tensor(output, name).clone()
-                if not run_to_end and len(captured) == len(layers):
-                    raise _AllCaptured
-        return hook
-
-    outputs = None
-    try:
-        with forward_hooks([(module, grab(name)) for name, module in layers.items()]):
-            outputs = model(inputs)
-    except _AllCaptured:
-        pass
-    except MODEL_ERRORS as err:
-        raise rejected_input(model, inputs, err) from err
-    missing = [name for name in layers if name not in captured]
-    if missing:
-        raise LayerNotReached(
-            f"the forward pass of {type(model).__name__} never called layer(s) {', '.join(map(repr, missing))}")
-    return captured, outputs
-
-
-def dataset_inputs(loader: Iterable, n_samples: int, device: torch.device,
-                   what: str = "inputs") -> Iterator[Tensor]:
-    """The input tensors of a loader's batches, on ``device``, ``n_samples`` in all at most.
-
-    The last batch is cut so that exactly ``n_samples`` are yielded when the
-    loader holds that many.
-
-    Raises:
-        ValueError: a batch holds NaN or infinite values (``what`` names them).
-    """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be positive, got {n_samples}")
-    seen = 0
-    for batch in loader:
-        x = batch_inputs(batch)[: n_samples - seen]
-        if x.shape[0] == 0:
-            continue
-        check_finite(x, what)
-        yield x.to(device)
-        seen += x.shape[0]
-        if seen >= n_samples:
-            return
-
-
-def estimate_layer_stats(model: nn.Module, layers: Mapping[str, nn.Module], loader: Iterable,
-                         n_samples: int = 1000, relu: bool | Mapping[str, bool] = False,
-                         min_std: float = 0.01, active_threshold: float = 0.01,
-                         progress: bool = False) -> dict[str, FeatureStats]:
-    """:class:`~inputiba.estimation.FeatureStats` of several layers, in one pass per batch.
-
-    The same estimate as :func:`inputiba.estimation.estimate_stats` (Chan's
-    merge of whole batches, float64), for every layer of ``layers`` at once;
-    each forward pass stops after the last of them.
-
-    Args:
-        model: the model (put in eval mode, frozen, for the call).
-        layers: ``{name: module}``.
-        loader: yields input tensors or ``(inputs, targets)`` pairs.
-        n_samples: inputs to use at most.
-        relu: the half-Gaussian variant for every layer, or per layer name.
-        min_std: lower bound of the std.
-        active_threshold: fraction of non-zero samples above which an element is active.
-        progress: show a progress bar.
-
-    Returns:
-        ``{name: FeatureStats}`` with each layer's ``(*shape)`` statistics.
-
-    Raises:
-        ValueError: the loader yields no samples, or non-finite inputs.
-    """
-    device = model_device(model)
-    moments: dict[str, Moments] = {}
-    seen = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_samples, desc="estimate", unit="sample")
-    try:
-        with torch.no_grad(), preserved_state(model):
-            for x in dataset_inputs(loader, n_samples, device, "estimation inputs"):
-                outputs, _ = capture(model, layers, x)
-                for name, features in outputs.items():
-                    m = batch_moments(features)
-                    moments[name] = m if name not in moments else merge_moments(moments[name], m)
-                seen += x.shape[0]
-                if bar is not None:
-                    bar.update(x.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-    if not moments:
-        raise ValueError("the loader yielded no samples to estimate the feature statistics from")
-    relu_of = relu if isinstance(relu, Mapping) else {name: relu for name in layers}
-    return {name: FeatureStats.from_moments(moments[name], seen, bool(relu_of.get(name, False)),
-                                            min_std, active_threshold)
-            for name in layers}
+__all__ = ["MultiIBAResult", "MultiIBA"]
 
 
 @dataclass

@@ -49,7 +49,8 @@ from .bottleneck import capacity_to_saliency, kl_capacity, noisy_features, smoot
 from .estimation import FeatureStats
 from .hooks import preserved_state, replaced
 from .io import atomic_path, load_weights_only
-from .multi import capture, estimate_layer_stats, resolve_layers
+from .estimation import estimate_layer_stats
+from .hooks import capture, resolve_layers
 from .validation import check_finite, check_settings, model_device, resolve_targets, run_model
 
 __all__ = ["ReadoutConfig", "ReadoutNet", "ReadoutResult", "ReadoutBottleneck", "readout_loss"]

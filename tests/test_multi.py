@@ -4,7 +4,9 @@ from torch import nn
 
 from conftest import LeftHalfModel, TinyCNN, model_fingerprint
 from inputiba import IBA, LayerNotReached
-from inputiba.multi import MultiIBA, MultiIBAResult, capture, estimate_layer_stats, resolve_layers
+from inputiba.estimation import estimate_layer_stats
+from inputiba.hooks import capture, resolve_layers
+from inputiba.multi import MultiIBA, MultiIBAResult
 
 
 class TwoDepthLeftHalf(nn.Module):
