@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -26,8 +26,8 @@ from .bottleneck import kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
 from .hooks import (LayerNotReached, cudnn_rnn_disabled, forward_hooks, layer_tensor, preserved_state,
                     replaced, resolve_layer, with_layer_tensor)
-from .validation import (check_finite, check_settings, model_device, resolve_targets, run_model,
-                         slice_targets)
+from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
+                         slice_targets, with_overrides)
 
 __all__ = ["IBAConfig", "IBAResult", "IBA", "BottleneckFit", "fit_bottleneck", "row_loss_for"]
 
@@ -143,21 +143,16 @@ class IBA:
     def __init__(self, model: nn.Module, layer: str | nn.Module, config: IBAConfig | None = None,
                  stats: FeatureStats | None = None, *, input_layer: str | nn.Module | None = None,
                  pad_index: int | None = None, **overrides) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_model(model)
         if isinstance(model, torch.jit.ScriptModule):
             raise TypeError("a TorchScript model cannot be hooked inside, so no bottleneck can be "
                             "placed in it; load its weights into the eager (Python) model instead")
-        known = {f.name for f in fields(IBAConfig)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown IBA settings {sorted(unknown)}; known: {sorted(known)}")
         self.model = model
         self.layer_name, self.layer = resolve_layer(model, layer)
         self.adapter: Adapter = adapter_for(model, input_layer, pad_index)
         if config is None:
             config = IBAConfig.text() if self.adapter.kind == "tokens" else IBAConfig()
-        self.config = replace(config, **overrides)
+        self.config = with_overrides(config, overrides, "IBA")
         self.stats = stats
         self._last_lam: Tensor | None = None
         self._expand_ok: dict[bool, bool] = {}

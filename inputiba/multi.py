@@ -12,7 +12,7 @@ Several layers are read in one forward pass with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -23,7 +23,7 @@ from .estimation import FeatureStats, estimate_layer_stats
 from .hooks import (LayerNotReached, capture, forward_hooks, layer_tensor, preserved_state, resolve_layers,
                     with_layer_tensor)
 from .iba import IBAConfig, _reaches, row_loss_for
-from .validation import check_finite, model_device, slice_targets
+from .validation import check_finite, check_model, model_device, slice_targets, with_overrides
 
 __all__ = ["MultiIBAResult", "MultiIBA"]
 
@@ -99,15 +99,10 @@ class MultiIBA:
     def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module], config: IBAConfig | None = None,
                  *, betas: Sequence[float] | None = None, stats: Mapping[str, FeatureStats] | None = None,
                  **overrides) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        known = {f.name for f in fields(IBAConfig)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown MultiIBA settings {sorted(unknown)}; known: {sorted(known)}")
+        check_model(model)
+        self.config = with_overrides(config or IBAConfig(), overrides, "MultiIBA")
         self.model = model
         self.layers = resolve_layers(model, layers)
-        self.config = replace(config or IBAConfig(), **overrides)
         if betas is None:
             betas = [self.config.beta] * len(self.layers)
         if len(betas) != len(self.layers) or any(b < 0 for b in betas):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -51,7 +51,8 @@ from .hooks import preserved_state, replaced
 from .io import atomic_path, load_weights_only
 from .estimation import estimate_layer_stats
 from .hooks import capture, resolve_layers
-from .validation import check_finite, check_settings, model_device, resolve_targets, run_model
+from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
+                         with_overrides)
 
 __all__ = ["ReadoutConfig", "ReadoutNet", "ReadoutResult", "ReadoutBottleneck", "readout_loss"]
 
@@ -223,16 +224,11 @@ class ReadoutBottleneck:
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, readout_layers: Sequence[str | nn.Module],
                  config: ReadoutConfig | None = None, **overrides) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        known = {f.name for f in fields(ReadoutConfig)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown readout settings {sorted(unknown)}; known: {sorted(known)}")
+        check_model(model)
+        self.config = with_overrides(config or ReadoutConfig(), overrides, "readout")
         self.model = model
         (self.layer_name, self.layer), = resolve_layers(model, [layer]).items()
         self.readout = resolve_layers(model, readout_layers)
-        self.config = replace(config or ReadoutConfig(), **overrides)
         self._hooked = {self.layer_name: self.layer, **self.readout}
         self.stats: dict[str, FeatureStats] | None = None
         self.n_classes: int | None = None

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_settings", "slice_targets", "model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
+__all__ = ["check_settings", "check_model", "with_overrides", "slice_targets", "model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
            "rejected_input", "MODEL_ERRORS"]
 
 #: Exceptions a model raises when it cannot process an input of a given shape.
@@ -84,6 +84,27 @@ def resolve_targets(target: int | Sequence[int] | Tensor | None, logits: Tensor 
             raise ValueError(
                 f"target {t[bad][0].item()} is out of range for a model with {n_classes} classes")
     return t
+
+
+def check_model(model: object) -> None:
+    """Raise ``TypeError`` unless ``model`` is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
+def with_overrides(config: Any, overrides: dict, what: str) -> Any:
+    """``dataclasses.replace(config, **overrides)``, naming any override that is not a field.
+
+    Raises:
+        TypeError: unknown setting names (with the known ones listed).
+    """
+    from dataclasses import fields, replace
+
+    known = {f.name for f in fields(config)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown {what} settings {sorted(unknown)}; known: {sorted(known)}")
+    return replace(config, **overrides)
 
 
 def check_settings(settings: object, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..hooks import preserved_state, resolve_layer
-from ..validation import check_finite, model_device, resolve_targets, run_model
+from ..validation import check_finite, check_model, model_device, resolve_targets, run_model
 
 __all__ = [
     "AttributionMethod",
@@ -77,8 +77,7 @@ class AttributionMethod:
     pad_index: int = 0
 
     def __init__(self, model: nn.Module) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        check_model(model)
         self.model = model
 
     def prepare(self, loader: Iterable, n_samples: int | None = None) -> None:
