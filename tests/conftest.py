@@ -78,5 +78,30 @@ def model_fingerprint(model: nn.Module) -> dict:
         "grads": [p.grad for p in model.parameters()],
         "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                   for m in model.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
         "state": {k: v.clone() for k, v in model.state_dict().items()},
     }
+
+
+class TwoClassLinear(nn.Module):
+    """Logits ``(0, w . x)``: class 1's evidence is a weighted sum of the inputs (any layout)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x):
+        score = (x * self.weight).flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: a second intra-op thread only adds waiting on a busy machine.
+
+    Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

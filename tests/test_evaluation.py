@@ -4,20 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TwoClassLinear
 from inputiba.evaluation import (bbox_score, box_mask, degradation, deletion, ehr, insertion, pixel_ranks,
                                  sanity_check, sensitivity_n, spearman, ssim, usable_boxes)
-
-
-class TwoClassLinear(nn.Module):
-    """Logits (0, w . x): class 1's evidence is a weighted sum of the inputs (any layout)."""
-
-    def __init__(self, weight):
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-
-    def forward(self, x):
-        score = (x * self.weight).flatten(1).sum(1)
-        return torch.stack([torch.zeros_like(score), score], dim=1)
 
 
 def signed_case(shape, seed=0):

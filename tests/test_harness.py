@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
+from conftest import TwoClassLinear
 from inputiba.cli import main
 from inputiba.harness import (HarnessConfig, MethodSpec, evaluation_from_dict, load_evaluation, run_harness)
 from inputiba.methods import AttributionMethod, Gradient, Random, register
@@ -98,18 +97,6 @@ def test_end_to_end_table_files_figures_and_a_rerun_that_computes_nothing(tiny_c
     assert again.computed == {"random": 0, "gradient": 0}
     assert counted == {"random": [], "gradient": []}  # the sanity check is not rerun either
     assert again.table == result.table and (tmp_path / "results.csv").read_text() == table
-
-
-class TwoClassLinear(nn.Module):
-    """Logits ``(0, w . x)``."""
-
-    def __init__(self, weight):
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-
-    def forward(self, x):
-        score = (x * self.weight).flatten(1).sum(1)
-        return torch.stack([torch.zeros_like(score), score], dim=1)
 
 
 @register("test_harness_linear_contribution")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import model_fingerprint
 from inputiba.gan import GANConfig
 from inputiba.iba import IBAConfig
 from inputiba.methods import available_methods, get_method
@@ -16,13 +17,7 @@ from inputiba.pipeline import InputIBAConfig
 
 pytest.importorskip("captum")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: a second intra-op thread only adds waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL = ["contrastive_excitation_backprop", "deconvolution", "deeplift_shap", "excitation_backprop",
@@ -109,18 +104,6 @@ def loader():
     return [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
 
 
-def fingerprint(model: nn.Module) -> dict:
-    return {
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [p.grad for p in model.parameters()],
-        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                  for m in model.modules()],
-        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
 def same(a: dict, b: dict) -> bool:
     return (all(a[k] == b[k] for k in ("training", "requires_grad", "hooks", "inplace"))
             and all(g is None for g in b["grads"])
@@ -150,7 +133,7 @@ def test_shape_finite_deterministic_and_model_left_as_found(name):
     torch.manual_seed(0)
     model = SmallCNN().train()
     model.features[0].register_forward_hook(lambda m, a, o: None)
-    before = fingerprint(model)
+    before = model_fingerprint(model)
     method = get_method(name, model, **fast_settings(name))
     method.prepare(loader(), n_samples=16)
     x = torch.randn(2, 3, 16, 16)
@@ -160,7 +143,7 @@ def test_shape_finite_deterministic_and_model_left_as_found(name):
     assert torch.isfinite(first).all()
     assert not first.requires_grad
     assert torch.equal(first, second)
-    assert same(before, fingerprint(model))
+    assert same(before, model_fingerprint(model))
 
 
 # the bottleneck methods draw their noise for the whole batch under one seed
