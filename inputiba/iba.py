@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from .adapters import Adapter, adapter_for, expand_valid
 from .bottleneck import kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
-from .hooks import (LayerNotReached, cudnn_rnn_disabled, forward_hooks, layer_tensor, preserved_state,
-                    replaced, resolve_layer, with_layer_tensor)
+from .hooks import (LayerNotReached, channels_last_where_safe, conv_layout, cudnn_rnn_disabled, forward_hooks,
+                    layer_tensor, preserved_state, replaced, resolve_layer, with_layer_tensor)
 from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
                          slice_targets, with_overrides)
 
@@ -240,7 +240,9 @@ class IBA:
         inputs = inputs.to(device)
         step = self.config.max_batch
         parts = []
-        with preserved_state(self.model), cudnn_rnn_disabled(self.model):
+        with preserved_state(self.model), cudnn_rnn_disabled(self.model), \
+                channels_last_where_safe([self.model], inputs):
+            inputs = conv_layout(inputs)
             for start in range(0, inputs.shape[0], step):
                 sl = slice(start, start + step)
                 part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .adapters import adapter_for
 from .estimation import FeatureStats, estimate_stats
 from .gan import GANConfig, GANResult, fit_gan
-from .hooks import cudnn_rnn_disabled, features_at, preserved_state
+from .hooks import channels_last_where_safe, conv_layout, cudnn_rnn_disabled, features_at, preserved_state
 from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
 from .input_stage import INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
 from .io import atomic_path
@@ -271,7 +271,9 @@ class InputIBA:
         parts = []
         second = input_model if input_model is not None else self.model
         try:
-            with preserved_state(self.model), preserved_state(second), cudnn_rnn_disabled(self.model):
+            with preserved_state(self.model), preserved_state(second), cudnn_rnn_disabled(self.model), \
+                    channels_last_where_safe([self.model, second], inputs):
+                inputs = conv_layout(inputs)
                 for k, start in enumerate(starts):
                     sl = slice(start, start + step)
                     part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)

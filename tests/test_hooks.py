@@ -73,3 +73,72 @@ def test_replaced_swaps_a_modules_input_or_output_and_always_unhooks(tiny_cnn):
     with pytest.raises(ValueError, match="'input' or 'output'"):
         with replaced(tiny_cnn, "inside", lambda inp: inp):
             pass
+
+
+class _ViewHead(nn.Module):
+    """A conv net that flattens with ``view``, which a channels-last tensor cannot do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 5)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.fc(f.view(f.shape[0], -1))
+
+
+def _is_channels_last(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_conv_layout_converts_images_only_inside_a_block_the_model_accepts(tiny_cnn):
+    from inputiba.hooks import channels_last_where_safe, conv_layout
+
+    x = torch.randn(2, 3, 16, 16)
+    assert conv_layout(x) is x  # off outside a block
+    with channels_last_where_safe([tiny_cnn], x) as on:
+        assert on
+        y = conv_layout(x)
+        assert _is_channels_last(y) and torch.equal(y, x)
+        ids = torch.zeros(2, 7, dtype=torch.long)
+        seq = torch.randn(2, 7, 3)
+        assert conv_layout(ids) is ids and conv_layout(seq) is seq
+    assert conv_layout(x) is x  # off again afterwards
+    with channels_last_where_safe([tiny_cnn], torch.zeros(2, 7, dtype=torch.long)) as on:
+        assert not on  # token ids: nothing to lay out
+    with channels_last_where_safe([tiny_cnn, _ViewHead().eval()], x) as on:
+        assert not on and conv_layout(x) is x
+
+
+@pytest.mark.parametrize("method", ["iba", "inputiba"])
+def test_attribution_runs_convolutions_channels_last_where_the_model_allows(tiny_cnn, method):
+    from inputiba import IBA, InputIBA, InputIBAConfig
+    from inputiba.gan import GANConfig
+
+    def build(model, layer):
+        if method == "iba":
+            return IBA(model, layer)
+        cfg = InputIBAConfig(gan=GANConfig(n_samples=8, epochs=1, batch_size=8, critic_width=4))
+        cfg.input.steps = 2
+        return InputIBA(model, layer, cfg)
+
+    data = [torch.randn(8, 3, 16, 16)]
+    seen = []
+    handle = tiny_cnn.features[0].register_forward_pre_hook(lambda m, args: seen.append(_is_channels_last(args[0])))
+    try:
+        att = build(tiny_cnn, "features.2")
+        att.estimate(data)
+        seen.clear()
+        att.attribute(torch.randn(2, 3, 16, 16), target=[0, 1], seed=0)
+    finally:
+        handle.remove()
+    assert seen and all(seen)  # every pass of every stage, the probe included
+    assert all(p.is_contiguous() for p in tiny_cnn.parameters())  # the weights were not touched
+
+    # a model that flattens with view() is run in the ordinary layout, and works
+    model = _ViewHead().eval()
+    att = build(model, "conv")
+    att.estimate(data)
+    out = att.attribute(torch.randn(2, 3, 16, 16), target=[0, 1], seed=0)
+    assert out.shape == (2, 16, 16) and torch.isfinite(out).all()
