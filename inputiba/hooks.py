@@ -156,8 +156,9 @@ def conv_layout(tensor):
 def channels_last_where_safe(models: Sequence[nn.Module], inputs: Tensor) -> Iterator[bool]:
     """Run a block with :func:`conv_layout` on, where every model accepts it.
 
-    Image batches in channels-last layout made VGG16's forward and backward
-    passes 1.4-1.9x faster on a 2-core CPU (``benchmarks/RESULTS.md``). Some
+    Image batches in channels-last layout made InputIBA on VGG16 at 224 px
+    1.3-1.4x faster on a 2-core CPU, plain IBA up to 1.1x
+    (``benchmarks/RESULTS.md``). Some
     models cannot take them: a ``x.view(B, -1)`` after a convolution fails
     on a channels-last tensor. So each model is first called on the first
     input alone, channels-last, without gradients (call this with the models

@@ -64,14 +64,14 @@ class InputIBAConfig:
 
     @classmethod
     def fast(cls) -> "InputIBAConfig":
-        """A schedule about 11x faster than the published one, no worse in quality.
+        """A schedule about 9-11x faster than the published one, no worse in quality.
 
         The GAN stage takes 64 samples x 5 epochs (instead of 200 x 20) and
         the input stage 30 steps (instead of 60). On the bundled FashionMNIST
         CNN its insertion/deletion AUCs were slightly better than the
-        published schedule's (paired, 32 images); on VGG16 at 64 px it ran
-        10.3-11.2x faster on CPU than the published schedule one image at a
-        time (``benchmarks/RESULTS.md``).
+        published schedule's (paired, 32 images); on VGG16 on a 2-core CPU
+        it ran 11.2x (64 px), 10.8x (112 px) and 9.0x (224 px) faster than
+        the published schedule one image at a time (``benchmarks/RESULTS.md``).
         """
         cfg = cls()
         return replace(cfg, gan=replace(cfg.gan, n_samples=64, epochs=5),
