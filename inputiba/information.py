@@ -40,7 +40,7 @@ from .hooks import preserved_state
 from .io import atomic_path, load_weights_only
 from .estimation import dataset_inputs
 from .hooks import capture, resolve_layers
-from .validation import check_finite, model_device
+from .validation import check_image_batch, model_device
 
 __all__ = ["HistogramPrior", "HalfGaussianPrior", "LayerPrior", "ActivationPrior", "InformationResult",
            "information_map", "COMBINATIONS"]
@@ -420,12 +420,7 @@ def information_map(model: nn.Module, layers: Sequence[str | nn.Module] | None, 
         raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
     if not isinstance(prior, ActivationPrior):
         raise TypeError(f"prior must be an ActivationPrior (see ActivationPrior.estimate), got {type(prior).__name__}")
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-        got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise ValueError(f"information_map takes float image batches (B, C, H, W); got {got}")
-    if inputs.shape[0] == 0:
-        raise ValueError("inputs hold no samples (batch size 0)")
-    check_finite(inputs)
+    check_image_batch(inputs, "information_map")
     modules = resolve_layers(model, prior.layers if layers is None else layers)
     missing = [name for name in modules if name not in prior]
     if missing:

@@ -23,7 +23,7 @@ from .estimation import FeatureStats, estimate_layer_stats
 from .hooks import (LayerNotReached, capture, forward_hooks, layer_tensor, preserved_state, resolve_layers,
                     with_layer_tensor)
 from .iba import IBAConfig, _reaches, row_loss_for
-from .validation import check_finite, check_model, model_device, slice_targets, with_overrides
+from .validation import check_image_batch, check_model, model_device, slice_targets, with_overrides
 
 __all__ = ["MultiIBAResult", "MultiIBA"]
 
@@ -155,12 +155,7 @@ class MultiIBA:
             on the model's device; or a :class:`MultiIBAResult`.
         """
         stats = self._require_stats()
-        if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"MultiIBA explains float image batches of shape (B, C, H, W); got {got}")
-        if inputs.shape[0] == 0:
-            raise ValueError("inputs hold no samples (batch size 0)")
-        check_finite(inputs)
+        check_image_batch(inputs, "MultiIBA")
         inputs = inputs.to(model_device(self.model))
         step = self.config.max_batch
         parts = []

@@ -51,8 +51,8 @@ from .hooks import preserved_state, replaced
 from .io import atomic_path, load_weights_only
 from .estimation import estimate_layer_stats
 from .hooks import capture, resolve_layers
-from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
-                         with_overrides)
+from .validation import (check_finite, check_image_batch, check_model, check_settings, model_device,
+                         resolve_targets, run_model, with_overrides)
 
 __all__ = ["ReadoutConfig", "ReadoutNet", "ReadoutResult", "ReadoutBottleneck", "readout_loss"]
 
@@ -472,12 +472,7 @@ class ReadoutBottleneck:
         self._require_stats()
         if self.net is None:
             raise RuntimeError("the readout bottleneck has no readout network: call estimate(loader) first")
-        if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"the readout bottleneck explains float image batches (B, C, H, W); got {got}")
-        if inputs.shape[0] == 0:
-            raise ValueError("inputs hold no samples (batch size 0)")
-        check_finite(inputs)
+        check_image_batch(inputs, "the readout bottleneck")
         x = inputs.to(model_device(self.model))
         with torch.no_grad(), preserved_state(self.model), _eval(self.net):
             captured, logits = self._clean_pass(x)

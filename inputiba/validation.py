@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_settings", "check_model", "with_overrides", "slice_targets", "model_device", "batch_inputs", "check_finite", "resolve_targets", "run_model",
+__all__ = ["check_settings", "check_model", "with_overrides", "slice_targets", "model_device", "batch_inputs", "check_finite", "check_image_batch", "resolve_targets", "run_model",
            "rejected_input", "MODEL_ERRORS"]
 
 #: Exceptions a model raises when it cannot process an input of a given shape.
@@ -39,6 +39,19 @@ def check_finite(x: Tensor, what: str = "inputs") -> None:
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
         raise ValueError(f"{what} contain {n_nan} NaN and {n_inf} infinite values")
+
+
+def check_image_batch(inputs: Tensor, who: str) -> None:
+    """Raise ``ValueError`` unless ``inputs`` is a non-empty, finite ``(B, C, H, W)`` float batch.
+
+    ``who`` names the method in the message (``"MultiIBA explains ..."``).
+    """
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        got = f"{tuple(inputs.shape)} {inputs.dtype}" if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"{who} explains float image batches of shape (B, C, H, W); got {got}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs hold no samples (batch size 0)")
+    check_finite(inputs)
 
 
 def rejected_input(model: nn.Module, x: Tensor, err: Exception) -> ValueError:

@@ -142,6 +142,10 @@ def test_errors_name_the_problem(probe, tmp_path):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         information_map(probe, ["conv"], prior, bad)
+    with pytest.raises(ValueError, match=r"information_map explains float image batches .*torch.int64"):
+        information_map(probe, ["conv"], prior, x.long())
+    with pytest.raises(ValueError, match="batch size 0"):
+        information_map(probe, ["conv"], prior, x[:0])
     with pytest.raises(ValueError, match="NaN"):
         ActivationPrior.estimate(probe, ["conv"], [bad])
     with pytest.raises(ValueError, match="kind"):

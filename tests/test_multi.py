@@ -119,6 +119,10 @@ def test_errors_name_the_problem(tiny_cnn):
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         multi.attribute(x)
+    with pytest.raises(ValueError, match=r"MultiIBA explains float image batches .*got \(3, 16, 16\)"):
+        multi.attribute(torch.randn(3, 16, 16))
+    with pytest.raises(ValueError, match="batch size 0"):
+        multi.attribute(torch.randn(0, 3, 16, 16))
     head = MultiIBA(tiny_cnn, ["head.2"])
     head.estimate([torch.randn(4, 3, 16, 16)])
     with pytest.raises(ValueError, match="not \\(C, h, w\\) maps"):

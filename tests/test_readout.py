@@ -148,6 +148,10 @@ def test_errors_name_the_problem(tmp_path):
     x[..., 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         rb.attribute(x)
+    with pytest.raises(ValueError, match=r"the readout bottleneck explains float image batches .*\(1, 8, 8\)"):
+        rb.attribute(torch.randn(1, 8, 8))
+    with pytest.raises(ValueError, match="batch size 0"):
+        rb.attribute(torch.randn(0, 1, 8, 8))
     with pytest.raises(ValueError, match="rejected inputs of shape \\(1, 1, 10, 10\\)"):
         rb.attribute(torch.randn(1, 1, 10, 10))
     bad = tmp_path / "bad.pt"
