@@ -57,6 +57,7 @@ __all__ = [
     "box_mask",
     "usable_boxes",
     "bbox_score",
+    "EHR_WEIGHTINGS",
     "ehr",
     "ssim",
     "spearman",
@@ -136,12 +137,23 @@ class SanityResult:
     maps: Tensor
 
 
-def pixel_ranks(attribution: Tensor) -> Tensor:
-    """``(B, *S)`` rank of each element, 0 for the most relevant; ties keep raster order."""
+def pixel_ranks(attribution: Tensor, seed: int | None = None) -> Tensor:
+    """``(B, *S)`` rank of each element, 0 for the most relevant.
+
+    Ties are broken in a random order drawn from ``seed`` (one permutation of
+    the element positions, the same for every input, so a map's ranks do not
+    depend on its batch), or in raster order with ``seed=None``. A constant
+    map is thus moved in a random order rather than from its top-left corner.
+    """
     flat = attribution.flatten(1)
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    n = flat.shape[1]
+    if seed is None:
+        order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    else:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(flat.device)
+        order = perm[torch.sort(flat[:, perm], dim=1, descending=True, stable=True).indices]
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    ranks.scatter_(1, order, torch.arange(n, device=flat.device).expand_as(order))
     return ranks.view_as(attribution)
 
 
@@ -268,7 +280,7 @@ def _curves(model: nn.Module | Scorer, start: Tensor, end: Tensor, unit_ranks: T
 
 def perturbation_curve(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, target: int | Tensor,
                        start: Tensor, end: Tensor, n_steps: int = 100,
-                       batch_size: int = 128) -> CurveResult:
+                       batch_size: int = 128, tie_seed: int | None = 0) -> CurveResult:
     """Move elements from ``start`` to ``end`` in order of attribution and score each state.
 
     After step ``k`` the ``round(k / n_steps * prod(S))`` most relevant
@@ -283,6 +295,8 @@ def perturbation_curve(model: nn.Module | Scorer, inputs: Tensor, attribution: T
         start, end: ``(B, C, *S)`` states at step 0 and step ``n_steps``.
         n_steps: number of element groups.
         batch_size: states per forward pass.
+        tie_seed: tied elements move in a random order drawn from this seed
+            (:func:`pixel_ranks`); ``None`` moves them in raster order.
 
     Returns:
         A :class:`CurveResult`; the AUC is the trapezoid rule on ``[0, 1]``.
@@ -292,19 +306,20 @@ def perturbation_curve(model: nn.Module | Scorer, inputs: Tensor, attribution: T
         raise ValueError(f"start {tuple(start.shape)} and end {tuple(end.shape)} must have the inputs' shape "
                          f"{tuple(inputs.shape)}")
     unit_of = torch.arange(attribution[0].numel(), device=inputs.device).view(attribution.shape[1:])
-    ranks = pixel_ranks(attribution).flatten(1).unsqueeze(1)
+    ranks = pixel_ranks(attribution, tie_seed).flatten(1).unsqueeze(1)
     curve = _curves(model, start, end, ranks, unit_of, n_steps, target, batch_size)[:, 0]
     return CurveResult(torch.trapezoid(curve, dx=1.0 / n_steps, dim=1), curve)
 
 
 def deletion(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, target: int | Tensor,
-             baseline: Tensor | float = 0.0, n_steps: int = 100, batch_size: int = 128) -> CurveResult:
+             baseline: Tensor | float = 0.0, n_steps: int = 100, batch_size: int = 128,
+             tie_seed: int | None = 0) -> CurveResult:
     """Deletion: most relevant elements first replaced by ``baseline`` (zeros by default).
 
-    Shapes as in :func:`perturbation_curve`. Lower AUC is better.
+    Shapes and ``tie_seed`` as in :func:`perturbation_curve`. Lower AUC is better.
     """
     end = _broadcast(baseline, inputs, "baseline")
-    return perturbation_curve(model, inputs, attribution, target, inputs, end, n_steps, batch_size)
+    return perturbation_curve(model, inputs, attribution, target, inputs, end, n_steps, batch_size, tie_seed)
 
 
 def _blurred(inputs: Tensor, sigma: float) -> Tensor:
@@ -319,20 +334,20 @@ def _blurred(inputs: Tensor, sigma: float) -> Tensor:
 
 def insertion(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, target: int | Tensor,
               baseline: Tensor | float | None = None, blur_sigma: float = 5.0, n_steps: int = 100,
-              batch_size: int = 128) -> CurveResult:
+              batch_size: int = 128, tie_seed: int | None = 0) -> CurveResult:
     """Insertion: from ``baseline`` (a Gaussian blur of the input, sigma 5 elements, by default),
     most relevant elements first put back.
 
-    Shapes as in :func:`perturbation_curve`; a sequence is blurred along its
-    tokens. Higher AUC is better.
+    Shapes and ``tie_seed`` as in :func:`perturbation_curve`; a sequence is
+    blurred along its tokens. Higher AUC is better.
     """
     start = _blurred(inputs, blur_sigma) if baseline is None else _broadcast(baseline, inputs, "baseline")
-    return perturbation_curve(model, inputs, attribution, target, start, inputs, n_steps, batch_size)
+    return perturbation_curve(model, inputs, attribution, target, start, inputs, n_steps, batch_size, tie_seed)
 
 
 def degradation(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, target: int | Tensor,
                 tile: int = 8, n_steps: int = 100, baseline: Tensor | float | None = None,
-                batch_size: int = 128) -> DegradationResult:
+                batch_size: int = 128, tie_seed: int | None = 0) -> DegradationResult:
     """Degradation (IBA): MoRF and LeRF curves of tiles and the area between them.
 
     The map is averaged per tile of ``tile`` elements along every spatial
@@ -342,8 +357,8 @@ def degradation(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, 
     (MoRF) and least relevant first (LeRF), ``round(k / n_steps * n_tiles)``
     of them after step ``k``. Each curve is the target softmax probability
     divided by that of the unperturbed input, so both start at 1; an input
-    whose target probability is 0 gives non-finite curves. Ties between
-    tiles are broken in raster order.
+    whose target probability is 0 gives non-finite curves. Tied tiles move
+    in a random order drawn from ``tie_seed`` (:func:`pixel_ranks`).
 
     Args:
         model: classifier or :data:`Scorer`.
@@ -355,6 +370,7 @@ def degradation(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, 
         baseline: values of removed tiles, broadcast to the inputs; by
             default the per-channel mean of each input over ``S``.
         batch_size: states per forward pass.
+        tie_seed: seed of the order among tied tiles; ``None``: raster order.
 
     Returns:
         A :class:`DegradationResult`; ``score`` is the trapezoid area of
@@ -366,7 +382,7 @@ def degradation(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, 
            else _broadcast(baseline, inputs, "baseline"))
     unit_of, n_tiles = _tiles(attribution.shape[1:], tile, inputs.device)
     means = _per_unit(attribution, unit_of, n_tiles, mean=True)
-    ranks = torch.stack([pixel_ranks(means), pixel_ranks(-means)], dim=1)
+    ranks = torch.stack([pixel_ranks(means, tie_seed), pixel_ranks(-means, tie_seed)], dim=1)
     curves = _curves(model, inputs, end, ranks, unit_of, n_steps, target, batch_size)
     curves = curves / curves[:, :, :1]
     morf, lerf = curves.unbind(1)
@@ -530,8 +546,10 @@ def _check_maps_and_boxes(attribution: Tensor, box_mask: Tensor) -> Tensor:
 def bbox_score(attribution: Tensor, box_mask: Tensor) -> Tensor:
     """Bounding-box accuracy (IBA): fraction of the ``n`` highest-attributed elements inside the box(es).
 
-    ``n`` is the number of elements in the box(es); ties are broken in raster
-    order.
+    ``n`` is the number of elements in the box(es). Elements tied with the
+    ``n``-th highest value share the places left among them equally, so the
+    score does not depend on where tied elements lie: a constant map scores
+    ``n / N`` (the box's share of the ``N`` elements) wherever the box is.
 
     Args:
         attribution: ``(B, *S)`` float maps.
@@ -542,48 +560,67 @@ def bbox_score(attribution: Tensor, box_mask: Tensor) -> Tensor:
         ``(B,)`` in ``[0, 1]``; 1 when the top ``n`` fill the box.
     """
     box = _check_maps_and_boxes(attribution, box_mask).flatten(1)
+    flat = attribution.flatten(1)
     n = box.sum(1, keepdim=True)
-    top = pixel_ranks(attribution.flatten(1)) < n
-    return (top & box).sum(1) / n.squeeze(1)
+    nth = flat.sort(dim=1, descending=True).values.gather(1, n - 1)
+    above = flat > nth
+    tied = flat == nth
+    places = (n - above.sum(1, keepdim=True)).to(torch.float64)
+    credit = above.to(torch.float64) + tied * (places / tied.sum(1, keepdim=True))
+    return ((credit * box).sum(1) / n.squeeze(1)).to(attribution.dtype)
 
 
-def ehr(attribution: Tensor, box_mask: Tensor, weighted: bool = True) -> Tensor:
-    """Effective heat ratio (InputIBA): the share of the hottest elements in the box(es), over thresholds.
+#: How :func:`ehr` weighs the elements of a bin.
+EHR_WEIGHTINGS = ("heat", "count", "heat_share")
 
-    Elements below ``0.1 * max`` are set to 0 (negative ones too); of the
-    rest, for ``q = 0, 0.1, ..., 1`` the threshold is
-    ``t = min(quantile_q(heat), 0.99 * max)`` (linear interpolation) and the
-    bin ``{heat >= t}``. The ratio of a bin is, unweighted, the fraction of
-    its elements inside the box(es); weighted, the fraction of its *heat*
-    inside, ``sum(heat on bin & box) / sum(heat on bin)``. EHR is the
-    trapezoid area of the ratio over ``q``.
 
-    The original code divides the weighted sum by the bin's element count,
-    which gives the mean heat in the box per bin element: it depends on the
-    map's scale (the code expects maps in [0, 1]) and stays below 1 for a map
-    entirely inside the box unless its heat is uniform. Dividing by the bin's
-    heat makes the score scale-free, in ``[0, 1]``, 1 exactly when all heat
-    above ``0.1 * max`` lies in the box, and equal to the unweighted ratio
-    for a uniform map.
+def ehr(attribution: Tensor, box_mask: Tensor, weighting: str = "heat") -> Tensor:
+    """Effective heat ratio (InputIBA): how much of the hottest heat lies in the box(es), over thresholds.
+
+    The map is scaled to ``[0, 1]`` by its maximum, and elements below 0.1
+    (negative ones too) set to 0. For ``q = 0, 0.1, ..., 1`` the threshold is
+    ``t = min(quantile_q(non-zero heat), 0.99)`` (linear interpolation) and
+    the bin ``{heat >= t}``. The ratio of a bin is, by ``weighting``:
+
+    - ``"heat"`` (the paper's and the original code's EHR): the heat inside
+      the box(es) divided by the *number of elements* in the bin,
+      ``sum(heat on bin & box) / |bin|``;
+    - ``"count"`` (the paper's unweighted variant): ``|bin & box| / |bin|``;
+    - ``"heat_share"``: the heat inside divided by the bin's *heat*,
+      ``sum(heat on bin & box) / sum(heat on bin)``, 1 exactly when all heat
+      above ``0.1`` lies in the box. Not the published metric: it rewards a
+      map for the share of its heat in the box rather than for heat that is
+      both high and in the box.
+
+    EHR is the trapezoid area of the ratio over ``q``.
 
     Args:
         attribution: ``(B, *S)`` float maps, higher is more relevant.
         box_mask: ``(B, *S)`` bool; every input needs at least one element in it.
-        weighted: weight elements by their heat.
+        weighting: one of :data:`EHR_WEIGHTINGS`.
 
     Returns:
         ``(B,)`` in ``[0, 1]``; NaN for a map without positive values.
     """
+    if weighting not in EHR_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(EHR_WEIGHTINGS)}; got {weighting!r}")
     box = _check_maps_and_boxes(attribution, box_mask).flatten(1)
     heat = attribution.flatten(1).to(torch.float64)
     peak = heat.amax(1, keepdim=True)
-    heat = torch.where(heat >= 0.1 * peak, heat, torch.zeros_like(heat)).clamp_min(0)
+    heat = heat / torch.where(peak > 0, peak, torch.full_like(peak, float("nan")))  # NaN: no positive heat
+    heat = torch.where(heat >= 0.1, heat, torch.zeros_like(heat))
     q = torch.linspace(0, 1, 11, dtype=heat.dtype, device=heat.device)
     kept = torch.where(heat > 0, heat, torch.full_like(heat, float("nan")))
-    thresholds = torch.minimum(torch.nanquantile(kept, q, dim=1).T, 0.99 * peak)  # (B, 11)
+    thresholds = torch.nanquantile(kept, q, dim=1).T.clamp_max(0.99)  # (B, 11)
     in_bin = heat.unsqueeze(1) >= thresholds.unsqueeze(-1)  # (B, 11, N)
-    weight = heat.unsqueeze(1) if weighted else torch.ones_like(heat).unsqueeze(1)
-    ratios = (weight * (in_bin & box.unsqueeze(1))).sum(-1) / (weight * in_bin).sum(-1)
+    inside = in_bin & box.unsqueeze(1)
+    weight = heat.unsqueeze(1)
+    if weighting == "count":
+        ratios = inside.sum(-1) / in_bin.sum(-1)
+    elif weighting == "heat":
+        ratios = (weight * inside).sum(-1) / in_bin.sum(-1)
+    else:
+        ratios = (weight * inside).sum(-1) / (weight * in_bin).sum(-1)
     return torch.trapezoid(ratios, q, dim=1).to(attribution.dtype)
 
 
@@ -795,7 +832,7 @@ class TextScorer:
 
 def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor, insert: bool,
                  baseline: float | Tensor, embedding: str | nn.Module, pad_index: int,
-                 tokens_per_step: int, fraction: float, batch_size: int) -> CurveResult:
+                 tokens_per_step: int, fraction: float, batch_size: int, tie_seed: int | None) -> CurveResult:
     scorer = TextScorer(model, ids, embedding)
     emb = scorer.embeddings()
     attribution, target = _checked(emb, attribution, target)
@@ -810,7 +847,7 @@ def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int
     limit = torch.ceil(fraction * lengths).long().clamp_min(1)        # tokens moved in all
     steps = torch.ceil(limit / tokens_per_step).long()                # curve steps per text
     K = int(steps.max())
-    ranks = pixel_ranks(attribution.masked_fill(~valid, float("-inf")))  # padding never moves
+    ranks = pixel_ranks(attribution.masked_fill(~valid, float("-inf")), tie_seed)  # padding never moves
     counts = (torch.arange(K + 1, device=ids.device) * tokens_per_step).unsqueeze(0).clamp_max(limit.unsqueeze(1))
     base = _broadcast(baseline, emb, "baseline")
     start, end = (base, emb) if insert else (emb, base)
@@ -833,7 +870,7 @@ def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int
 def token_deletion(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor,
                    embedding: str | nn.Module = "embedding", pad_index: int = 0,
                    tokens_per_step: int = 2, fraction: float = 0.4, baseline: float | Tensor = 0.0,
-                   batch_size: int = 128) -> CurveResult:
+                   batch_size: int = 128, tie_seed: int | None = 0) -> CurveResult:
     """Deletion for text (InputIBA's NLP protocol): the most relevant tokens' embeddings set to zero.
 
     ``tokens_per_step`` tokens move per step until ``ceil(fraction * length)``
@@ -847,6 +884,8 @@ def token_deletion(model: nn.Module, ids: Tensor, attribution: Tensor, target: i
         attribution: ``(B, T)`` token scores (values at padding are ignored).
         target: ``(B,)`` classes, or one int.
         baseline: value of a deleted embedding (zeros), broadcast to ``(B, D, T)``.
+        tie_seed: seed of the order among tied tokens (:func:`pixel_ranks`);
+            ``None``: the order of the text.
 
     Returns:
         A :class:`CurveResult`: ``auc`` ``(B,)`` by the trapezoid rule over each
@@ -855,16 +894,16 @@ def token_deletion(model: nn.Module, ids: Tensor, attribution: Tensor, target: i
         numbers of steps). Lower AUC is better.
     """
     return _token_curve(model, ids, attribution, target, False, baseline, embedding, pad_index,
-                        tokens_per_step, fraction, batch_size)
+                        tokens_per_step, fraction, batch_size, tie_seed)
 
 
 def token_insertion(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor,
                     embedding: str | nn.Module = "embedding", pad_index: int = 0,
                     tokens_per_step: int = 2, fraction: float = 0.4, baseline: float | Tensor = 0.0,
-                    batch_size: int = 128) -> CurveResult:
+                    batch_size: int = 128, tie_seed: int | None = 0) -> CurveResult:
     """Insertion for text: from all-zero embeddings, the most relevant tokens' embeddings put back.
 
     Steps, arguments and result as in :func:`token_deletion`. Higher AUC is better.
     """
     return _token_curve(model, ids, attribution, target, True, baseline, embedding, pad_index,
-                        tokens_per_step, fraction, batch_size)
+                        tokens_per_step, fraction, batch_size, tie_seed)

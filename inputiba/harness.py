@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .evaluation import (bbox_score, box_mask, degradation, deletion, ehr, insertion, sanity_check,
+from .evaluation import (EHR_WEIGHTINGS, bbox_score, box_mask, degradation, deletion, ehr, insertion, sanity_check,
                          sensitivity_n, usable_boxes)
 from .hooks import resolve_layer
 from .io import atomic_path, save_npz
@@ -313,19 +313,25 @@ class EHRMetric(Metric):
 
     Attributes:
         max_fraction: largest share of the image the boxes may cover.
-        weighted: weight the pixels by their heat.
+        weighting: ``"heat"`` (the paper's EHR), ``"count"`` (unweighted) or
+            ``"heat_share"`` (see :func:`inputiba.evaluation.ehr`).
     """
 
     name: ClassVar[str] = "ehr"
     max_fraction: float = 1 / 3
-    weighted: bool = True
+    weighting: str = "heat"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in EHR_WEIGHTINGS:
+            raise ValueError(f"[metrics.ehr] weighting must be one of {', '.join(EHR_WEIGHTINGS)}; "
+                             f"got {self.weighting!r}")
 
     def columns(self) -> list[Column]:
         return [Column("ehr", "EHR", True)]
 
     def compute(self, batch: MetricBatch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         def score(maps: Tensor, mask: Tensor) -> Tensor:
-            return ehr(maps, mask, weighted=self.weighted)
+            return ehr(maps, mask, weighting=self.weighting)
 
         return {"ehr": _on_usable_boxes(batch, self.max_fraction, score)}, {}
 

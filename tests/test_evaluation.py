@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from conftest import TwoClassLinear
-from inputiba.evaluation import (bbox_score, box_mask, degradation, deletion, ehr, insertion, pixel_ranks,
+from inputiba.evaluation import (EHR_WEIGHTINGS, bbox_score, box_mask, degradation, deletion, ehr, insertion, pixel_ranks,
                                  sanity_check, sensitivity_n, spearman, ssim, usable_boxes)
 
 
@@ -41,8 +41,47 @@ def linear_case():
 
 def test_pixel_ranks():
     attribution = torch.tensor([[[0.1, 0.9], [0.5, 0.5]]])
-    assert pixel_ranks(attribution).tolist() == [[[3, 0], [1, 2]]]
+    assert pixel_ranks(attribution, seed=None).tolist() == [[[3, 0], [1, 2]]]
     assert pixel_ranks(torch.tensor([[0.2, 0.7, 0.1]])).tolist() == [[1, 0, 2]]
+    # ties: a seeded random order, the same for every row and call, and not raster order
+    constant = torch.zeros(3, 64)
+    ranks = pixel_ranks(constant, seed=1)
+    assert (ranks == ranks[0]).all() and sorted(ranks[0].tolist()) == list(range(64))
+    assert ranks[0].tolist() != list(range(64))
+    assert torch.equal(ranks, pixel_ranks(constant, seed=1)) and not torch.equal(ranks, pixel_ranks(constant, seed=2))
+    # distinct values keep their order whatever the seed
+    assert pixel_ranks(attribution, seed=3)[0, 0, 1] == 0 and pixel_ranks(attribution, seed=3)[0, 0, 0] == 3
+
+
+def test_bbox_ties_share_the_places_equally():
+    box = box_mask([[0, 0, 2, 2], [6, 6, 8, 8]], (8, 8))  # 4 of 64 pixels, top-left and bottom-right
+    constant = torch.ones(2, 8, 8)
+    torch.testing.assert_close(bbox_score(constant, box), torch.full((2,), 4 / 64))
+    # two pixels above the rest: they take two places, the 62 tied ones share the other two
+    heat = torch.zeros(2, 8, 8)
+    heat[:, 0, 0] = heat[:, 7, 7] = 1.0
+    expected = (1 + 3 * 2 / 62) / 4  # one sure hit; the box's 3 other pixels each hold 2/62 of a place
+    torch.testing.assert_close(bbox_score(heat, box), torch.full((2,), expected))
+
+
+def test_constant_maps_score_the_same_wherever_the_object_is():
+    # a model that reads one 3x3 corner; a constant map says nothing, so its deletion curve must not
+    # depend on which corner: raster order deletes the top-left first, a random order does not
+    x = torch.ones(2, 1, 8, 8)
+    corners = box_mask([[0, 0, 3, 3], [5, 5, 8, 8]], (8, 8)).float()
+    constant = torch.zeros(2, 8, 8)
+
+    def auc(corner, tie_seed):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+        with torch.no_grad():
+            model[1].weight.zero_()
+            model[1].bias.zero_()
+            model[1].weight[0] = corners[corner].flatten()
+        return deletion(model, x[:1], constant[:1], 0, n_steps=16, tie_seed=tie_seed).auc.item()
+
+    assert abs(auc(0, None) - auc(1, None)) > 0.3
+    gaps = [auc(0, s) - auc(1, s) for s in range(8)]
+    assert abs(sum(gaps) / len(gaps)) < 0.1
 
 
 def test_the_true_contribution_beats_random_and_reversed_rankings(linear_case):
@@ -210,30 +249,41 @@ def test_box_metrics_known_answers():
     g = torch.Generator().manual_seed(0)
     inside = torch.rand(3, 8, 8, generator=g) * box  # any heat, all of it in the box
     outside = torch.rand(3, 8, 8, generator=g) * ~box
-    for score in (bbox_score(inside, box), ehr(inside, box), ehr(inside, box, weighted=False)):
+    for score in (bbox_score(inside, box), ehr(inside, box, "count"), ehr(inside, box, "heat_share"),
+                  ehr(box.float(), box)):  # the paper's EHR is 1 for heat 1 all over the box and nowhere else
         torch.testing.assert_close(score, torch.ones(3))
-    for score in (bbox_score(outside, box), ehr(outside, box), ehr(outside, box, weighted=False)):
+    assert (ehr(inside, box) < 1).all()  # ... and below 1 for varying heat, even all of it in the box
+    for score in (bbox_score(outside, box), *(ehr(outside, box, w) for w in EHR_WEIGHTINGS)):
         torch.testing.assert_close(score, torch.zeros(3))
     # a linear model that reads only the box: its exact contribution beats a random map
     model, x, _, _, _ = signed_case((3, 1, 8, 8))
     contribution = (x * model.weight * box.unsqueeze(1)).abs()[:, 0]
     random = random_map(contribution)
-    for metric in (bbox_score, ehr, lambda a, m: ehr(a, m, weighted=False)):
+    for metric in (bbox_score, ehr, lambda a, m: ehr(a, m, "count")):
         assert (metric(contribution, box) > metric(random, box) + 0.2).all()
 
 
 def test_ehr_by_hand():
-    box = torch.zeros(2, 1, 5, dtype=torch.bool)
+    box = torch.zeros(3, 1, 5, dtype=torch.bool)
     box[:, 0, :2] = True
     # heat 1 in the box, 0.5 outside: at q = 0 the bin holds both, from q = 0.1 only the 1
-    heat = torch.tensor([[[1.0, 0.0, 0.5, 0.04, 0.0]], [[1.0, 0.0, 1.0, 0.0, 0.0]]])
-    torch.testing.assert_close(ehr(heat, box, weighted=False), torch.tensor([0.05 * 1.5 + 0.9, 0.5]))
-    torch.testing.assert_close(ehr(heat, box), torch.tensor([0.05 * (1 + 1 / 1.5) + 0.9, 0.5]))
-    assert torch.isnan(ehr(-heat, box)).all()  # no positive heat
+    heat = torch.tensor([[[1.0, 0.0, 0.5, 0.04, 0.0]], [[1.0, 0.0, 1.0, 0.0, 0.0]],
+                         [[0.5, 0.0, 1.0, 0.0, 0.0]]])
+    # the third: at q = 0 the bin holds 0.5 (in) and 1 (out); from q = 0.1 only the 1, outside
+    torch.testing.assert_close(ehr(heat, box, "count"), torch.tensor([0.05 * 1.5 + 0.9, 0.5, 0.05 * 0.5]))
+    # the paper's: heat in the box per element of the bin
+    torch.testing.assert_close(ehr(heat, box), torch.tensor([0.05 * 1.5 + 0.9, 0.5, 0.05 * 0.25]))
+    torch.testing.assert_close(ehr(3 * heat, box), ehr(heat, box))  # scaled by the maximum
+    torch.testing.assert_close(ehr(heat, box, "heat_share"),
+                               torch.tensor([0.05 * (1 + 1 / 1.5) + 0.9, 0.5, 0.05 / 3]))
+    for weighting in EHR_WEIGHTINGS:
+        assert torch.isnan(ehr(-heat, box, weighting)).all()  # no positive heat
     with pytest.raises(ValueError, match="no box pixels"):
         ehr(heat, torch.zeros_like(box))
     with pytest.raises(ValueError, match="does not match"):
         bbox_score(heat, box[:, :, :4])
+    with pytest.raises(ValueError, match="weighting"):
+        ehr(heat, box, "weighted")
 
 
 def test_ssim_and_spearman():
