@@ -24,7 +24,59 @@ from torch import Tensor, nn
 from .bottleneck import capacity_to_saliency
 from .hooks import features_at, replaced, resolve_layer
 
-__all__ = ["ImageAdapter", "TokenAdapter", "Adapter", "adapter_for", "expand_valid"]
+__all__ = ["MASK_STARTS", "mask_start_logits", "ImageAdapter", "TokenAdapter", "Adapter", "adapter_for",
+           "expand_valid"]
+
+LN2 = math.log(2.0)
+
+#: The starting points of InputIBA's input mask prior ``lambda_G`` (see :func:`mask_start_logits`).
+MASK_STARTS = ("bits", "bits_per_pixel", "saturating", "normalized", "lambda")
+
+
+def mask_start_logits(cells: Tensor, start: str, pixels_per_cell: float = 1.0) -> Tensor:
+    """Logits of ``lambda_G``'s starting point from the feature map, element-wise.
+
+    ``cells`` holds, per input element, the feature stage's information of
+    the feature cell it lies in (the capacity summed over channels, bits;
+    bilinearly interpolated between cells), or for ``"lambda"`` the
+    channel-mean of the feature mask. The choices:
+
+    - ``"bits"``: the bits themselves as logits, ``sigmoid(b)``: 0.5 where
+      the features carry nothing, 0.73 at 1 bit, 0.95 at 3.
+    - ``"bits_per_pixel"``: the original code's, the bits spread over the
+      ``pixels_per_cell`` input elements of a cell, as logits. At 1/8 of the
+      input resolution a cell's bits are divided by 64, so the start is close
+      to 0.5 everywhere.
+    - ``"saturating"``: ``1 - 2^-b``: 0 where the features carry nothing,
+      0.5 at one bit, 0.875 at three.
+    - ``"normalized"``: ``b / max(b)`` per input.
+    - ``"lambda"``: ``logit`` of the channel-mean of the feature mask.
+
+    Probabilities are clamped to ``[0.01, 0.99]`` before the logit, so the
+    GAN can still move them.
+
+    Args:
+        cells: ``(B, ...)`` bits (or mask values for ``"lambda"``).
+        start: one of :data:`MASK_STARTS`.
+        pixels_per_cell: input elements per feature cell (``"bits_per_pixel"``).
+
+    Returns:
+        Logits shaped like ``cells``.
+    """
+    if start == "bits":
+        return cells.clone()
+    if start == "bits_per_pixel":
+        return cells / pixels_per_cell
+    if start == "saturating":
+        prob = 1.0 - torch.exp2(-cells.clamp_min(0))
+    elif start == "normalized":
+        peak = cells.flatten(1).amax(dim=1).clamp_min(1e-12)
+        prob = cells / peak.view(-1, *([1] * (cells.dim() - 1)))
+    elif start == "lambda":
+        prob = cells
+    else:
+        raise ValueError(f"unknown mask start {start!r}; known: {', '.join(MASK_STARTS)}")
+    return torch.logit(prob.clamp(0.01, 0.99))
 
 
 class ImageAdapter:
@@ -81,17 +133,30 @@ class ImageAdapter:
         """Shape of the GAN's noise mean and std: one per input and channel."""
         return (points.shape[0], points.shape[1]) + (1,) * (points.dim() - 2)
 
-    def initial_mask_logits(self, feature_lam: Tensor, point_shape: tuple[int, ...]) -> Tensor:
-        """GAN mask logits starting at the feature mask seen at input resolution.
+    def initial_mask_logits(self, capacity: Tensor, lam: Tensor, point_shape: tuple[int, ...],
+                            start: str) -> Tensor:
+        """Logits of ``lambda_G``'s starting point, from the feature stage, at input resolution.
 
-        ``logit`` of the channel-mean of ``feature_lam`` ``(B, C_f, h, w)``,
-        bilinearly resized to ``(H, W)`` and clamped to ``[0.01, 0.99]``;
-        ``(B, C, H, W)``.
+        The feature map per cell (the capacity summed over channels, in bits,
+        or for ``start="lambda"`` the channel-mean of the mask) is resized
+        bilinearly to ``(H, W)`` and turned into logits by
+        :func:`mask_start_logits`; the same for every input channel.
+
+        Args:
+            capacity: ``(B, C_f, h, w)`` the feature stage's capacity, nats.
+            lam: ``(B, C_f, h, w)`` the feature stage's mask.
+            point_shape: ``(B, C, H, W)`` of the inputs.
+            start: one of :data:`MASK_STARTS`.
+
+        Returns:
+            ``(B, C, H, W)`` logits.
         """
         B, C, H, W = point_shape
-        mean = feature_lam.mean(dim=1, keepdim=True)
-        resized = F.interpolate(mean, size=(H, W), mode="bilinear", align_corners=False)
-        return torch.logit(resized.clamp(0.01, 0.99)).expand(B, C, H, W).contiguous()
+        cells = lam.mean(dim=1, keepdim=True) if start == "lambda" else capacity.sum(dim=1, keepdim=True) / LN2
+        h, w = cells.shape[-2:]
+        resized = F.interpolate(cells, size=(H, W), mode="bilinear", align_corners=False)
+        logits = mask_start_logits(resized, start, pixels_per_cell=(H * W) / (h * w))
+        return logits.expand(B, C, H, W).contiguous()
 
     def critic_view(self, samples: Tensor, valid: Tensor | None) -> Tensor:
         """``(B, n, C, h, w)`` feature samples as the critic reads them (unchanged)."""
@@ -174,11 +239,19 @@ class TokenAdapter:
         """One noise mean and std per input and embedding dimension: ``(B, 1, D)``."""
         return (points.shape[0], 1, points.shape[2])
 
-    def initial_mask_logits(self, feature_lam: Tensor, point_shape: tuple[int, ...]) -> Tensor:
-        """``(B, T, D)`` ``logit`` of the feature mask averaged over channels, per token."""
+    def initial_mask_logits(self, capacity: Tensor, lam: Tensor, point_shape: tuple[int, ...],
+                            start: str) -> Tensor:
+        """``(B, T, D)`` logits of ``lambda_G``'s starting point, one value per token.
+
+        The capacity of each token summed over the feature channels, in bits
+        (or for ``start="lambda"`` the channel-mean of the mask), turned into
+        logits by :func:`mask_start_logits` (a token is its own cell), the
+        same for every embedding dimension.
+        """
         B, T, D = point_shape
-        mean = feature_lam.flatten(2).mean(dim=2, keepdim=True)
-        return torch.logit(mean.clamp(0.01, 0.99)).expand(B, T, D).contiguous()
+        cells = (lam.flatten(2).mean(dim=2, keepdim=True) if start == "lambda"
+                 else capacity.flatten(2).sum(dim=2, keepdim=True) / LN2)
+        return mask_start_logits(cells, start, pixels_per_cell=1.0).expand(B, T, D).contiguous()
 
     def critic_view(self, samples: Tensor, valid: Tensor | None) -> Tensor:
         """``(B, n, T, H)`` samples as ``(B, n, H, T)``, zero at padding for real and fake alike."""

@@ -20,7 +20,7 @@ __all__ = ["main", "run_demo"]
 
 
 def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int] | None = None,
-             seed: int = 0, device: str = "cpu", schedule: str = "fast") -> list[tuple[str, str]]:
+             seed: int = 0, device: str = "cpu", schedule: str = "default") -> list[tuple[str, str]]:
     """Explain bundled example canvases with InputIBA (and its IBA feature stage).
 
     Args:
@@ -28,7 +28,8 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int]
         indices: which bundled canvases to explain (``None``: all of them).
         seed: seed of every random draw.
         device: torch device to run on.
-        schedule: ``"fast"`` (:meth:`InputIBAConfig.fast`) or ``"published"``.
+        schedule: ``"default"`` (``InputIBAConfig()``) or ``"published"``
+            (:meth:`InputIBAConfig.published`).
 
     Returns:
         ``(npz_path, png_path)`` for each canvas. The ``.npz`` holds
@@ -39,11 +40,11 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int]
     from .datasets import FASHION_MNIST_CLASSES
     from .io import save_npz
     from .models import CLUTTERED_LAYER, cluttered_file, load_cluttered_vgg
-    from .pipeline import InputIBA, InputIBAConfig
+    from .pipeline import InputIBA
+    from .pipeline import schedule as named_schedule
     from .plotting import plot_panels
 
-    if schedule not in ("fast", "published"):
-        raise ValueError(f"schedule must be 'fast' or 'published', got {schedule!r}")
+    config = named_schedule(schedule)
     raw, normalised, labels, boxes = bundled_canvases()
     n = raw.shape[0]
     indices = list(range(n)) if indices is None else list(indices)
@@ -52,7 +53,6 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int]
         raise ValueError(f"canvas index {bad[0]} is out of range: {n} bundled canvases (0..{n - 1})")
     x = normalised[indices].to(device)
     model = load_cluttered_vgg().to(device)
-    config = InputIBAConfig.fast() if schedule == "fast" else InputIBAConfig()
     att = InputIBA(model, CLUTTERED_LAYER, config)
     att.load_stats(cluttered_file("cluttered_vgg_stats.pt"))
     result = att.attribute(x, seed=seed, return_stages=True)
@@ -88,8 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="bundled canvases to explain (default: all)")
     demo.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    demo.add_argument("--schedule", choices=["fast", "published"], default="fast",
-                      help="InputIBA schedule (default: fast, about 11x the published one's speed)")
+    demo.add_argument("--schedule", choices=["default", "published"], default="default",
+                      help="InputIBA schedule (default: the library's; published: the paper's, much slower)")
     evaluate = sub.add_parser("evaluate", help="evaluate attribution methods with every metric, from a config file")
     evaluate.add_argument("config", help="configuration file (.toml or .json), "
                                          "e.g. configs/evaluate_fashion_mnist.toml")

@@ -1,14 +1,17 @@
 """InputIBA settings from data files (TOML or JSON), never from code.
 
-A file has up to four parts, each overriding the published defaults::
+A file has up to five parts, each overriding the defaults of a schedule
+(``schedule = "default"`` or ``"published"``; the default one if absent)::
 
+    schedule = "default"
     max_batch = 8
+    mask_start = "bits"
 
     [feature]          # IBAConfig of the feature stage
     beta = 20
 
-    [gan]              # GANConfig
-    epochs = 10
+    [gan]              # GANConfig; a table adds a GAN stage to a schedule without one,
+    epochs = 10        # and `gan = false` removes it
     critic = "gp"
 
     [input]            # IBAConfig of the input stage
@@ -22,8 +25,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .gan import GANConfig
-from .iba import IBAConfig
-from .pipeline import InputIBAConfig
+from .pipeline import InputIBAConfig, schedule
 
 __all__ = ["config_from_dict", "load_config", "read_data_file"]
 
@@ -36,20 +38,36 @@ def _override(obj, values: dict, where: str):
     return replace(obj, **values)
 
 
-def config_from_dict(data: dict) -> InputIBAConfig:
-    """An :class:`InputIBAConfig` with the given parts overriding the defaults."""
-    cfg = InputIBAConfig()
-    unknown = set(data) - {"feature", "gan", "input", "max_batch"}
+def config_from_dict(data: dict, text: bool = False) -> InputIBAConfig:
+    """An :class:`InputIBAConfig`: a named schedule with the given parts overriding it.
+
+    Args:
+        data: the table (see the module docstring).
+        text: start from the text version of the schedule.
+    """
+    known = {"schedule", "feature", "gan", "input", "max_batch", "mask_start"}
+    unknown = set(data) - known
     if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}; known: feature, gan, input, max_batch")
+        raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    cfg = schedule(data.get("schedule", "default"), text)
     parts = {}
-    for name, cls in (("feature", IBAConfig), ("gan", GANConfig), ("input", IBAConfig)):
+    for name in ("feature", "input"):
         section = data.get(name, {})
         if not isinstance(section, dict):
             raise ValueError(f"[{name}] must be a table of settings")
         parts[name] = _override(getattr(cfg, name), section, name)
+    if "gan" in data:
+        section = data["gan"]
+        if section is False:
+            parts["gan"] = None
+        elif isinstance(section, dict):
+            parts["gan"] = _override(cfg.gan or GANConfig(), section, "gan")
+        else:
+            raise ValueError("[gan] must be a table of settings, or `gan = false` for no GAN stage")
     if "max_batch" in data:
         parts["max_batch"] = int(data["max_batch"])
+    if "mask_start" in data:
+        parts["mask_start"] = data["mask_start"]
     return replace(cfg, **parts)
 
 
@@ -82,6 +100,6 @@ def read_data_file(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike) -> InputIBAConfig:
-    """Read an :class:`InputIBAConfig` from a ``.toml`` or ``.json`` file."""
-    return config_from_dict(read_data_file(path))
+def load_config(path: str | os.PathLike, text: bool = False) -> InputIBAConfig:
+    """Read an :class:`InputIBAConfig` from a ``.toml`` or ``.json`` file (``text``: on the text schedule)."""
+    return config_from_dict(read_data_file(path), text)

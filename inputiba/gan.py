@@ -1,5 +1,11 @@
 """InputIBA's second stage: a WGAN that finds an input mask matching the feature bottleneck.
 
+The library's default schedule skips this stage (``InputIBAConfig.gan=None``):
+measured on the cluttered benchmark, a GAN at the published learning rates
+barely moves its starting mask and changes no score, and one that learns
+(higher learning rates) moves it away from its start and scores worse
+(``benchmarks/RESULTS.md``). ``InputIBAConfig.published()`` runs it.
+
 For each input ``x`` the generator has no network, only parameters: mask
 logits ``M`` (input-shaped), and a noise mean ``mu_G`` and std ``sigma_G`` per
 input channel. It produces ``f_l(x_G)``, the features at layer ``l`` of
@@ -24,9 +30,9 @@ Choices, relative to the original code (REFERENCE.md §3):
 - The real samples are drawn afresh at each step, ``(m, s)`` per sample,
   rather than from a fixed set of 200 in 10 sub-sets of 20: the same
   distribution over ``(m, s)``, without holding 200 feature maps per input.
-- ``M`` starts at ``logit`` of the feature mask averaged over channels and
-  resized to the input (clamped to ``[0.01, 0.99]``); the original used the
-  summed capacity in nats as logits, which saturates the sigmoid.
+- ``M`` starts where the caller says (:func:`inputiba.adapters.mask_start_logits`;
+  the pipeline's ``InputIBAConfig.mask_start``); the original used the
+  feature map in bits per pixel as logits (``"bits_per_pixel"``).
 - Real and fake samples are scored in one critic call. The original scored
   them in separate calls, so its BatchNorm normalised each batch to the same
   statistics and the critic could not tell them apart (its loss stays at 0).
@@ -42,7 +48,7 @@ from torch import Tensor, nn
 from .adapters import Adapter, ImageAdapter
 from .validation import check_settings
 
-__all__ = ["GANConfig", "GANResult", "BatchedCritic", "initial_mask_logits", "fit_gan"]
+__all__ = ["GANConfig", "GANResult", "BatchedCritic", "fit_gan"]
 
 
 @dataclass
@@ -115,6 +121,8 @@ class GANResult:
         std: ``(B, C, 1, 1)`` learned noise std ``sigma_G`` (text: ``(B, 1, D)``).
         critic_losses: ``(critic updates, B)`` Wasserstein critic loss.
         generator_losses: ``(generator updates, B)`` generator loss.
+        initial: ``lambda_G`` before the first step, shaped like ``mask``;
+            ``(mask - initial).abs().mean()`` is how far the GAN moved it.
     """
 
     mask: Tensor
@@ -122,6 +130,7 @@ class GANResult:
     std: Tensor
     critic_losses: Tensor = field(repr=False)
     generator_losses: Tensor = field(repr=False)
+    initial: Tensor = field(repr=False)
 
 
 class BatchedCritic(nn.Module):
@@ -186,20 +195,6 @@ class BatchedCritic(nn.Module):
         return self.head(x).view(n, B).t()
 
 
-def initial_mask_logits(feature_lam: Tensor, input_shape: tuple[int, ...]) -> Tensor:
-    """Mask logits ``M`` that start at the feature mask, seen at input resolution.
-
-    Args:
-        feature_lam: ``(B, C_f, h, w)`` the feature stage's mask.
-        input_shape: ``(B, C, H, W)`` of the inputs.
-
-    Returns:
-        ``(B, C, H, W)`` logits: ``logit`` of the channel-mean of
-        ``feature_lam``, bilinearly resized and clamped to ``[0.01, 0.99]``.
-    """
-    return ImageAdapter().initial_mask_logits(feature_lam, input_shape)
-
-
 def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor,
             feature_mask: Tensor, initial_logits: Tensor, config: GANConfig | None = None,
             seed: int | None = None, layer_name: str = "layer",
@@ -217,7 +212,7 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
             ``config.real_mask``).
         initial_logits: starting mask logits shaped like the input point,
             ``(B, C, H, W)`` (text: ``(B, T, D)``); see
-            :meth:`inputiba.adapters.ImageAdapter.initial_mask_logits`.
+            :func:`inputiba.adapters.mask_start_logits`.
         config: a :class:`GANConfig`.
         seed: seed of all random draws of the stage.
         layer_name: for error messages.
@@ -311,7 +306,7 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
                 generator_losses.append(loss_g.detach())
 
     return GANResult(torch.sigmoid(logits).detach(), mu.detach(), sigma.detach(),
-                     torch.stack(critic_losses), torch.stack(generator_losses))
+                     torch.stack(critic_losses), torch.stack(generator_losses), torch.sigmoid(initial_logits))
 
 
 def _scores(critic: BatchedCritic, fake: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:

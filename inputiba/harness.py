@@ -385,18 +385,16 @@ _LABEL = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 
 
 def _inputiba_config(value: Any) -> Any:
-    """An InputIBA ``config`` setting from a file: ``"fast"``, ``"published"`` or a table of its parts."""
+    """An InputIBA ``config`` setting from a file: a schedule's name or a table of its parts."""
     from .config import config_from_dict
-    from .pipeline import InputIBAConfig
+    from .pipeline import SCHEDULES, schedule
 
-    if value == "fast":
-        return InputIBAConfig.fast()
-    if value == "published":
-        return InputIBAConfig()
     if isinstance(value, Mapping):
         return config_from_dict(dict(value))
     if isinstance(value, str):
-        raise ValueError(f"inputiba config {value!r}: use 'fast', 'published' or a table of settings")
+        if value not in SCHEDULES:
+            raise ValueError(f"inputiba config {value!r}: use one of {', '.join(SCHEDULES)} or a table of settings")
+        return schedule(value)
     return value
 
 
@@ -407,7 +405,7 @@ class MethodSpec:
     Attributes:
         name: registered name (:func:`inputiba.methods.available_methods`).
         settings: keyword arguments of the method (see its class). For
-            ``"inputiba"``, ``config`` may be ``"fast"``, ``"published"`` or a
+            ``"inputiba"``, ``config`` may be ``"default"``, ``"published"`` or a
             table as :func:`inputiba.config.config_from_dict` reads it.
         label: the method's row in the table and its folder name (letters,
             digits, ``_.+-``); default ``name``. Lets one method appear twice

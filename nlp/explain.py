@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from inputiba import IBA, InputIBA, InputIBAConfig
+from inputiba import IBA, InputIBA
+from inputiba.pipeline import SCHEDULES, schedule
 from inputiba.datasets import imdb, rotten_tomatoes, synthetic_sentiment
 from inputiba.io import atomic_path
 from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
@@ -48,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default=None,
                    help="feature bottleneck layer (default: the LSTM below the top one)")
     p.add_argument("--target", default="predicted", help="'predicted', a class index or a class name")
-    p.add_argument("--schedule", choices=["published", "fast"], default="fast",
-                   help="InputIBA's GAN schedule: published (200 x 20) or fast (64 x 5)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default="default",
+                   help="InputIBA's schedule: the library's default (no GAN stage) or the paper's (published)")
     p.add_argument("--beta", type=float, default=None,
                    help="weight of the information term of the last stage (published: 30 for InputIBA's "
                         "input stage, 15 for IBA); lower values open more tokens")
@@ -97,7 +98,7 @@ def build_explainer(args, checkpoint):
         overrides = {} if args.beta is None else {"beta": args.beta}
         explainer = IBA(model, layer, input_layer=TEXT_INPUT_LAYER, **overrides)
     else:
-        config = InputIBAConfig.text(fast=args.schedule == "fast")
+        config = schedule(args.schedule, text=True)
         if args.beta is not None:
             config = replace(config, input=replace(config.input, beta=args.beta))
         explainer = InputIBA(model, layer, config, input_layer=TEXT_INPUT_LAYER)

@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from inputiba.gan import BatchedCritic, GANConfig, fit_gan, initial_mask_logits
+import math
+
+from inputiba.adapters import MASK_STARTS, ImageAdapter, TokenAdapter, mask_start_logits
+from inputiba.gan import BatchedCritic, GANConfig, fit_gan
 
 
 @pytest.mark.parametrize("kind", ["gp", "clip"])
@@ -35,13 +38,42 @@ def test_critic_rejects_a_wrong_batch():
         BatchedCritic(3, channels=4)(torch.randn(2, 5, 4, 6, 6))
 
 
-def test_initial_mask_logits_follow_the_feature_mask():
-    lam = torch.zeros(2, 5, 4, 4)
-    lam[:, :, :, :2] = 1.0
-    logits = initial_mask_logits(lam, (2, 3, 16, 16))
-    mask = torch.sigmoid(logits)
+def test_mask_start_logits_known_values():
+    bits = torch.tensor([[0.0, 1.0, 3.0]])
+    prob = {start: torch.sigmoid(mask_start_logits(bits, start, pixels_per_cell=64.0)) for start in MASK_STARTS[:4]}
+    torch.testing.assert_close(mask_start_logits(bits, "bits"), bits)
+    torch.testing.assert_close(mask_start_logits(bits, "bits_per_pixel", 64.0), bits / 64)
+    torch.testing.assert_close(prob["saturating"], torch.tensor([[0.01, 0.5, 0.875]]))  # 1 - 2^-b, clamped
+    torch.testing.assert_close(prob["normalized"], torch.tensor([[0.01, 1 / 3, 0.99]]))  # b / max(b), clamped
+    lam = torch.tensor([[0.0, 0.3, 1.0]])
+    torch.testing.assert_close(torch.sigmoid(mask_start_logits(lam, "lambda")), torch.tensor([[0.01, 0.3, 0.99]]))
+    with pytest.raises(ValueError, match="unknown mask start"):
+        mask_start_logits(bits, "alpha")
+
+
+@pytest.mark.parametrize("start", MASK_STARTS)
+def test_image_start_is_the_feature_map_at_input_resolution(start):
+    # the left half of the feature map carries 2 nats per channel, the right half nothing
+    capacity = torch.zeros(2, 5, 4, 4)
+    capacity[..., :2] = 2.0
+    lam = (capacity > 0).float()
+    logits = ImageAdapter().initial_mask_logits(capacity, lam, (2, 3, 16, 16), start)
     assert logits.shape == (2, 3, 16, 16)
-    assert mask[..., :4].min() > 0.98 and mask[..., 12:].max() < 0.02
+    cells = lam[:, :1] if start == "lambda" else capacity.sum(1, keepdim=True) / math.log(2)  # 14.4 bits on the left
+    expected = mask_start_logits(cells.repeat_interleave(4, -1).repeat_interleave(4, -2), start, 16.0)
+    # away from the border between the halves, bilinear resizing keeps the cells' values
+    torch.testing.assert_close(logits[..., :6], expected[:, :1, :, :6].expand(2, 3, 16, 6))
+    torch.testing.assert_close(logits[..., 10:], expected[:, :1, :, 10:].expand(2, 3, 16, 6))
+    assert (logits[..., :6] > logits[..., 10:]).all()
+
+
+def test_token_start_is_one_value_per_token():
+    emb = torch.nn.Embedding(10, 4, padding_idx=0)
+    adapter = TokenAdapter(torch.nn.Sequential(emb), "0")
+    capacity = torch.zeros(2, 3, 6)
+    capacity[:, 1] = math.log(2) / 6  # one bit on token 1, spread over its 6 features
+    logits = adapter.initial_mask_logits(capacity, capacity, (2, 3, 4), "bits")
+    torch.testing.assert_close(logits, torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1).expand(2, 3, 4))
 
 
 def test_config_checks():

@@ -296,11 +296,17 @@ def test_the_shipped_example_config_reads():
 
 
 def test_an_inputiba_config_is_read_from_a_preset_name_or_a_table(tiny_cnn):
-    fast = MethodSpec("inputiba", {"layer": "features.2", "config": "fast"}).build(tiny_cnn)
-    assert fast.inputiba.config.gan.epochs == 5
+    published = MethodSpec("inputiba", {"layer": "features.2", "config": "published"}).build(tiny_cnn)
+    assert published.inputiba.config.gan.epochs == 20 and published.inputiba.config.mask_start == "bits_per_pixel"
+    default = MethodSpec("inputiba", {"layer": "features.2", "config": "default"}).build(tiny_cnn)
+    assert default.inputiba.config.gan is None and default.inputiba.config.mask_start == "bits"
     table = {"layer": "features.2", "config": {"gan": {"epochs": 1}, "input": {"steps": 3}}}
     built = MethodSpec("inputiba", table, label="inputiba_short").build(tiny_cnn)
     assert (built.inputiba.config.gan.epochs, built.inputiba.config.input.steps) == (1, 3)
+    no_gan = {"config": {"schedule": "published", "gan": False, "mask_start": "lambda"}}
+    built = MethodSpec("inputiba", {"layer": "features.2", **no_gan}).build(tiny_cnn)
+    assert (built.inputiba.config.gan, built.inputiba.config.input.steps, built.inputiba.config.mask_start) == \
+        (None, 60, "lambda")
     with pytest.raises(ValueError, match="'quick'"):
         MethodSpec("inputiba", {"config": "quick"}).build(tiny_cnn)
     with pytest.raises(ValueError, match="label"):

@@ -13,6 +13,7 @@ from torch import nn
 
 from inputiba import IBA, InputIBA, InputIBAConfig
 from inputiba.datasets import synthetic_sentiment
+from inputiba.gan import GANConfig
 from inputiba.hooks import features_at
 from inputiba.iba import fit_bottleneck, row_loss_for
 from inputiba.models import LSTMClassifier, load_text_classifier, pretrained_path
@@ -22,9 +23,10 @@ from conftest import model_fingerprint
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_config(**input_overrides) -> InputIBAConfig:
-    cfg = InputIBAConfig.text(fast=True)
-    return replace(cfg, gan=replace(cfg.gan, n_samples=16, epochs=2),
+def tiny_config(gan: bool = False, **input_overrides) -> InputIBAConfig:
+    """The default text schedule, shorter; ``gan`` adds a short GAN stage at the published text lr."""
+    cfg = InputIBAConfig.text()
+    return replace(cfg, gan=GANConfig(n_samples=16, epochs=2, lr_mask=0.03) if gan else None,
                    input=replace(cfg.input, steps=10, **input_overrides))
 
 
@@ -118,8 +120,9 @@ def test_a_bottleneck_the_head_never_sees_is_refused(text_loader):
         iba.attribute(padded_ids(), target=0)
 
 
-def test_inputiba_scores_tokens_in_unit_interval_and_padding_gets_none(lstm, text_loader):
-    att = InputIBA(lstm, "lstm.0", tiny_config(), input_layer="embedding")
+@pytest.mark.parametrize("gan", [False, True])
+def test_inputiba_scores_tokens_in_unit_interval_and_padding_gets_none(lstm, text_loader, gan):
+    att = InputIBA(lstm, "lstm.0", tiny_config(gan), input_layer="embedding")
     att.estimate(text_loader, n_samples=32)
     ids = padded_ids()
     res = att.attribute(ids, target=[0, 1, 2, 0], seed=0, return_stages=True)
@@ -198,7 +201,7 @@ def test_planted_tokens_are_found_on_the_ground_truth_task():
     data = synthetic_sentiment(45, seed=123)
     data = data.subset([i for i, y in enumerate(data.labels) if y != 2])
     ids, labels = next(iter(data.batches(ck.vocab, 64)))
-    att = InputIBA(ck.model, ck.model.feature_layer, InputIBAConfig.text(fast=True), input_layer="embedding")
+    att = InputIBA(ck.model, ck.model.feature_layer, InputIBAConfig.text(), input_layer="embedding")
     att.load_stats(pretrained_path("synthetic_sentiment_lstm_stats.pt"))
     scores = att.attribute(ids, target=labels, seed=0)
     exact = sum(set(scores[i].topk(len(ev)).indices.tolist()) == set(ev) for i, ev in enumerate(data.evidence))
@@ -306,7 +309,7 @@ def test_text_methods_answer_the_common_protocol():
     assert torch.equal(scores, lime.attribute(ids, target=labels))  # seeded
     hits = sum(int(scores[i].argmax()) in ev for i, ev in enumerate(data.evidence))
     assert hits >= len(data) - 1
-    inputiba = get_method("inputiba", ck.model, input_layer="embedding", config=InputIBAConfig.text(fast=True))
+    inputiba = get_method("inputiba", ck.model, input_layer="embedding", config=InputIBAConfig.text())
     inputiba.prepare(data.batches(ck.vocab, 16), n_samples=6)
     masks = inputiba.attribute(ids, target=labels)
     assert masks.shape == ids.shape and inputiba.modality == "tokens"

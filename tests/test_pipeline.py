@@ -1,10 +1,12 @@
+import math
+
 import pytest
 import torch
 import torchvision
 
 from conftest import LeftHalfModel, TinyCNN, model_fingerprint
 from inputiba.gan import GANConfig
-from inputiba.pipeline import InputIBA, InputIBAConfig, InputIBAResult
+from inputiba.pipeline import InputIBA, InputIBAConfig, InputIBAResult, schedule
 
 
 def _short(critic="clip", **gan):
@@ -22,17 +24,26 @@ def left_half():
     return model, data
 
 
-def test_published_defaults():
-    cfg = InputIBAConfig()
+def test_published_and_default_schedules():
+    cfg = InputIBAConfig.published()
     assert (cfg.feature.beta, cfg.feature.sigma, cfg.feature.steps, cfg.feature.lr) == (20.0, 0.0, 10, 1.0)
     g = cfg.gan
-    assert (g.n_samples, g.epochs, g.batch_size, g.critic_steps) == (200, 20, 32, 5)
+    assert (g.n_samples, g.epochs, g.batch_size, g.critic_steps, g.critic) == (200, 20, 32, 5, "clip")
     assert (g.lr_mask, g.lr_mean, g.lr_std) == (0.003, 0.1, 0.05)
     i = cfg.input
     assert (i.beta, i.steps, i.lr, i.n_copies, i.sigma) == (20.0, 60, 1.0, 10, 1.0)
-    fast = InputIBAConfig.fast()
-    assert (fast.gan.n_samples, fast.gan.epochs, fast.input.steps, fast.input.n_copies) == (64, 5, 30, 10)
-    assert fast.feature == cfg.feature
+    assert cfg.mask_start == "bits_per_pixel"
+    text = InputIBAConfig.published(text=True)
+    assert (text.feature.beta, text.gan.lr_mask, text.input.beta, text.input.steps, text.input.lr) == \
+        (15.0, 0.03, 30.0, 30, 0.5)
+    default = InputIBAConfig()
+    assert default.feature == cfg.feature and default.gan is None and default.mask_start == "bits"
+    assert (default.input.beta, default.input.steps, default.input.n_copies, default.input.sigma) == (20.0, 20, 10, 1.0)
+    assert schedule("default") == default and schedule("published", text=True) == text
+    with pytest.raises(ValueError, match="mask_start"):
+        InputIBAConfig(mask_start="alpha")
+    with pytest.raises(ValueError, match="unknown InputIBA schedule 'fast'"):
+        schedule("fast")
 
 
 @pytest.mark.parametrize("critic", ["clip", "gp"])
@@ -136,8 +147,8 @@ def test_input_stage_on_another_model_is_the_sanity_variant(image_loader):
 
     torch.manual_seed(0)
     model = TinyCNN().eval()
-    cfg = InputIBAConfig.fast()
-    cfg.gan.n_samples, cfg.gan.epochs, cfg.input.steps = 8, 1, 5
+    cfg = InputIBAConfig()
+    cfg.input.steps = 5
     att = InputIBA(model, "features.2", cfg)
     att.estimate(image_loader, n_samples=40)
     x = torch.randn(2, 3, 16, 16)
@@ -149,3 +160,43 @@ def test_input_stage_on_another_model_is_the_sanity_variant(image_loader):
     assert result.ssim.shape == (2, 2) and (result.ssim < 0.999).any()
     after = model_fingerprint(model)
     assert before["training"] == after["training"] and before["hooks"] == after["hooks"]
+
+
+def test_default_prior_is_the_documented_function_of_the_feature_capacity(left_half):
+    model, data = left_half
+    cfg = InputIBAConfig()
+    cfg.input.steps = 5
+    att = InputIBA(model, "conv", cfg)
+    att.estimate(data)
+    res = att.attribute(torch.randn(2, 1, 16, 16), seed=0, return_stages=True)
+    assert res.gan is None and res.gan_mask.shape == (2, 1, 16, 16)
+    # bits per feature cell (the capacity summed over channels, / ln 2), at input resolution, as logits;
+    # conv keeps the 16 x 16 resolution, so no resizing here
+    bits = res.feature.capacity.sum(1, keepdim=True) / math.log(2)
+    torch.testing.assert_close(res.gan_mask, torch.sigmoid(bits))
+    # the head reads only the left half: the right half's features pass nothing (prior 0.5, the
+    # start of no information), the left half's pass bits where the decision needs them
+    assert res.gan_mask[..., 9:].max() < 0.52 and (res.gan_mask[..., :7].amax((1, 2, 3)) > 0.8).all()
+
+
+def test_default_schedule_concentrates_where_the_model_reads(left_half):
+    model, data = left_half
+    att = InputIBA(model, "conv", InputIBAConfig())
+    att.estimate(data)
+    res = att.attribute(torch.randn(4, 1, 16, 16), seed=0, return_stages=True)
+    # the prior rises above its floor (0.5: no information) only on the left
+    for heat in (res.mask, res.gan_mask[:, 0] - res.gan_mask.amin((1, 2, 3)).view(-1, 1, 1)):
+        left = heat[..., :8].sum((1, 2)) / heat.sum((1, 2))
+        assert left.min() > 0.85
+
+
+def test_masks_are_stable_across_seeds(left_half):
+    from inputiba.evaluation import spearman
+
+    model, data = left_half
+    att = InputIBA(model, "conv", InputIBAConfig())
+    att.estimate(data)
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    a, b = att.attribute(x, seed=0), att.attribute(x, seed=1)
+    assert not torch.equal(a, b)
+    assert spearman(a, b).min() > 0.8

@@ -36,7 +36,7 @@ from inputiba.config import load_config
 from inputiba.datasets import fashion_mnist_transform
 from inputiba.io import distributed_rank, save_npz, shard
 from inputiba.models import FASHION_CNN_LAYER, load_model
-from inputiba.pipeline import InputIBAConfig, preset_for
+from inputiba.pipeline import SCHEDULES, preset_for, schedule
 from inputiba.plotting import plot_panels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -60,8 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default=None, help="bottleneck layer (default: the architecture's preset)")
     p.add_argument("--target", default="predicted",
                    help="'predicted', 'folder' (ImageFolder class index) or a class index")
-    p.add_argument("--schedule", choices=["published", "fast"], default="published",
-                   help="InputIBA's published settings, or InputIBAConfig.fast() (about 11x faster)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), default="default",
+                   help="InputIBA's schedule: the library's default, or the paper's (published, much slower)")
     p.add_argument("--config", default=None, help="TOML/JSON file with InputIBA settings (overrides --schedule)")
     p.add_argument("--stats", default=None, help="feature statistics file to load (or to write)")
     p.add_argument("--estimate-from", default=None,
@@ -133,7 +133,7 @@ def make_attributor(args, model):
     if args.config:
         cfg = load_config(args.config)
     else:
-        cfg = InputIBAConfig.fast() if args.schedule == "fast" else InputIBAConfig()
+        cfg = schedule(args.schedule)
     if args.method == "iba":
         preset = preset_for(model) if layer is None else {"layer": layer}
         return IBA(model, preset["layer"], relu=preset.get("relu", False), max_batch=args.batch_size)

@@ -104,8 +104,8 @@ class InputIBAMethod(AttributionMethod):
     Args:
         layer: the feature stage's layer; ``None`` takes the model family's
             preset (text: the model's ``feature_layer``).
-        config: an :class:`~inputiba.pipeline.InputIBAConfig` (published
-            schedule; ``InputIBAConfig.fast()`` is about 11x faster).
+        config: an :class:`~inputiba.pipeline.InputIBAConfig` (default: the
+            library's schedule; ``InputIBAConfig.published()`` is the paper's).
         seed: seed of every random draw; ``None`` draws fresh ones.
         input_layer: the embedding layer of a text classifier: the method
             then explains ``(B, T)`` token ids, one score per token.
