@@ -88,6 +88,9 @@ class ImageAdapter:
     kind = "image"
     #: dimensions of a feature map (after the batch) pooled by the statistics
     pooled_dims = 0
+    #: the channel dimension of a batch of feature maps ``(B, C, h, w)`` and of inputs ``(B, C, H, W)``
+    feature_channel_dim = 1
+    point_channel_dim = 1
     #: spatial dimensions the GAN's critic convolves over
     critic_dims = 2
 
@@ -186,6 +189,9 @@ class TokenAdapter:
     kind = "tokens"
     pooled_dims = 1
     critic_dims = 1
+    #: the channel dimension of features ``(B, T, H)`` and of embeddings ``(B, T, D)``
+    feature_channel_dim = 2
+    point_channel_dim = 2
 
     def __init__(self, model: nn.Module, embedding: str | nn.Module, pad_index: int | None = None) -> None:
         self.embedding_name, self.embedding = resolve_layer(model, embedding)
@@ -260,7 +266,10 @@ class TokenAdapter:
         return samples.transpose(-1, -2)
 
     def attribution(self, alpha: Tensor, valid: Tensor | None) -> Tensor:
-        """``(B, T)``: ``sigmoid(alpha)`` averaged over the embedding dimension, 0 at padding."""
+        """``(B, T)``: ``sigmoid(alpha)`` averaged over the embedding dimension, 0 at padding.
+
+        With a mask shared over the embedding (``alpha`` ``(B, T, 1)``) that is the token's own value.
+        """
         scores = torch.sigmoid(alpha).mean(dim=-1)
         return scores * valid if valid is not None else scores
 

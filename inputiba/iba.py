@@ -29,9 +29,13 @@ from .hooks import (LayerNotReached, channels_last_where_safe, conv_layout, cudn
 from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
                          slice_targets, with_overrides)
 
-__all__ = ["IBAConfig", "IBAResult", "IBA", "BottleneckFit", "fit_bottleneck", "row_loss_for"]
+__all__ = ["IBAConfig", "IBAResult", "IBA", "BottleneckFit", "fit_bottleneck", "row_loss_for",
+           "INFORMATION_TERMS"]
 
 LossFn = Callable[[Tensor, object], Tensor]
+
+#: How the capacity enters the loss (:attr:`IBAConfig.information`).
+INFORMATION_TERMS = ("mean", "per_position")
 
 
 @dataclass
@@ -59,6 +63,15 @@ class IBAConfig:
             network before it runs once per input instead of once per copy.
             Used only where a check shows it gives the same outputs (see
             :meth:`IBA._can_expand`); ``False`` always copies the input.
+        shared_mask: one mask value per position, shared by all channels
+            (text: one per token, over the embedding dimension); ``False``
+            (the published choice): one per element.
+        information: how the capacity enters the loss. ``"mean"`` (the
+            published form): ``beta`` times its mean over the (real)
+            elements. ``"per_position"``: ``beta`` times the sum over
+            positions of its mean over the channels, so that a position's
+            price does not depend on how many positions there are (text: a
+            token costs the same in a short and in a long text).
     """
 
     beta: float = 10.0
@@ -72,10 +85,15 @@ class IBAConfig:
     active_threshold: float = 0.01
     max_batch: int = 8
     copies_at_layer: bool = True
+    shared_mask: bool = False
+    information: str = "mean"
 
     def __post_init__(self) -> None:
         check_settings(self, positive=("steps", "n_copies", "max_batch", "lr"),
                        non_negative=("beta", "sigma", "min_std"))
+        if self.information not in INFORMATION_TERMS:
+            raise ValueError(f"information must be one of {', '.join(INFORMATION_TERMS)}; "
+                             f"got {self.information!r}")
 
     @classmethod
     def text(cls, **overrides) -> "IBAConfig":
@@ -272,7 +290,8 @@ class IBA:
         valid = self.adapter.valid(x)
         fit = fit_bottleneck(
             self.model, self.layer, "output", features, x if expand else x.repeat_interleave(S, dim=0),
-            stats, cfg, row_loss, seed=seed, valid=expand_valid(valid, features), name=self.layer_name)
+            stats, cfg, row_loss, seed=seed, valid=expand_valid(valid, features), name=self.layer_name,
+            channel_dim=self.adapter.feature_channel_dim)
         saliency = self.adapter.feature_saliency(fit.capacity, x, valid)
         return IBAResult(saliency, fit.capacity, fit.lam, fit.alpha, targets, fit.losses)
 
@@ -376,7 +395,7 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
                    model_inputs: Tensor, stats: FeatureStats, config: IBAConfig,
                    row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,
                    seed: int | None = None, valid: Tensor | None = None,
-                   name: str = "the layer") -> BottleneckFit:
+                   name: str = "the layer", channel_dim: int = 1) -> BottleneckFit:
     """Optimise one bottleneck mask per input; the loop both IBA stages share.
 
     The bottleneck replaces ``module``'s output (``where="output"``, a hidden
@@ -404,11 +423,17 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
         valid: optional 0/1 mask broadcastable to ``features`` of the real
             positions (text without its padding). Elsewhere the features pass
             unchanged and carry no capacity, and the information term is the
-            mean over real elements only, so padding changes no result.
+            mean over real elements only (with ``information="per_position"``
+            the sum over real positions), so padding changes no result.
         name: the bottleneck's place, for error messages.
+        channel_dim: the dimension of ``features`` (the batch is 0) that
+            holds the channels: 1 for ``(B, C, h, w)``, 2 for text's
+            ``(B, T, D)``; used by ``config.shared_mask`` and
+            ``config.information="per_position"``.
 
     Returns:
-        A :class:`BottleneckFit`.
+        A :class:`BottleneckFit` (``alpha`` and ``lam`` with 1 channel when
+        the mask is shared).
 
     Raises:
         ValueError: the bottleneck's output does not reach the model's output
@@ -432,7 +457,12 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
         kl = kl_capacity(lam, r, st.active, prior)
         return kl if valid is None else kl * valid
 
-    alpha = torch.full_like(features, config.init_alpha).requires_grad_(True)
+    if config.shared_mask:
+        mask_shape = list(features.shape)
+        mask_shape[channel_dim] = 1
+        alpha = features.new_full(mask_shape, config.init_alpha).requires_grad_(True)
+    else:
+        alpha = torch.full_like(features, config.init_alpha).requires_grad_(True)
     optimizer = torch.optim.Adam([alpha], lr=config.lr)
     current: dict[str, Tensor] = {}
     losses = []
@@ -460,7 +490,10 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
                     "can be learned; a recurrent layer's output sequence must feed the head (a head "
                     "reading the layer's final state (h, c) does not see it)")
             kl = information(lam).flatten(1)
-            info = kl.mean(1) if valid is None else kl.sum(1) / n_valid
+            if config.information == "per_position":
+                info = kl.sum(1) / features.shape[channel_dim]
+            else:
+                info = kl.mean(1) if valid is None else kl.sum(1) / n_valid
             per_input = per_row.view(B, S).mean(1) + config.beta * info
             (grad,) = torch.autograd.grad(per_input.sum(), alpha)
             alpha.grad = grad

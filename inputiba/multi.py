@@ -101,6 +101,9 @@ class MultiIBA:
                  **overrides) -> None:
         check_model(model)
         self.config = with_overrides(config or IBAConfig(), overrides, "MultiIBA")
+        if self.config.shared_mask or self.config.information != "mean":
+            raise ValueError("MultiIBA has one mask value per element and the mean information term; "
+                             "shared_mask and information='per_position' are for IBA and InputIBA")
         self.model = model
         self.layers = resolve_layers(model, layers)
         if betas is None:

@@ -33,7 +33,8 @@ from .estimation import FeatureStats, estimate_stats
 from .gan import GANConfig, GANResult, fit_gan
 from .hooks import channels_last_where_safe, conv_layout, cudnn_rnn_disabled, features_at, preserved_state
 from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
-from .input_stage import INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, fit_input_bottleneck, input_attribution
+from .input_stage import (INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, TEXT_INPUT_PUBLISHED, fit_input_bottleneck,
+                          input_attribution)
 from .io import atomic_path
 from .validation import check_finite, model_device, slice_targets
 
@@ -104,15 +105,24 @@ class InputIBAConfig:
         """
         if text:
             return cls(feature=IBAConfig.text(), gan=GANConfig(critic="clip", lr_mask=0.03),
-                       input=replace(TEXT_INPUT_DEFAULTS), mask_start="bits_per_pixel")
+                       input=replace(TEXT_INPUT_PUBLISHED), mask_start="bits_per_pixel")
         return cls(feature=_feature_defaults(), gan=GANConfig(critic="clip"), input=replace(INPUT_DEFAULTS),
                    mask_start="bits_per_pixel")
 
     @classmethod
     def text(cls) -> "InputIBAConfig":
-        """The library's text schedule: the published text settings (feature beta
-        15; input beta 30, 30 steps, lr 0.5; no blur), with the default's start
-        of the prior and no GAN stage."""
+        """The library's text schedule: feature beta 15; input stage 30 steps,
+        lr 0.5; no blur; the default's start of the prior and no GAN stage.
+
+        The input stage has one mask value per token, shared over the
+        embedding dimension, and prices a token's information independently
+        of the text's length (:data:`~inputiba.input_stage.TEXT_INPUT_DEFAULTS`:
+        beta 0.13 on the sum over tokens of the capacity averaged over the
+        embedding). The published input stage (a mask per token and
+        dimension, beta 30 on the mean over all elements,
+        :data:`~inputiba.input_stage.TEXT_INPUT_PUBLISHED`, part of
+        ``published(text=True)``) keeps every token of a short text closed.
+        """
         return cls(feature=IBAConfig.text(), input=replace(TEXT_INPUT_DEFAULTS))
 
 

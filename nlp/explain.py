@@ -16,11 +16,14 @@ The bundled checkpoint (``pretrained/rotten_tomatoes_lstm.pt``) ships with
 its statistics (``..._stats.pt``), so nothing else is needed. For another
 checkpoint, give ``--stats`` or ``--estimate-from`` a dataset.
 
-With the published input beta of 30, the bundled Rotten Tomatoes model's
-confidently classified reviews get nearly flat scores (the bottleneck lets
-almost nothing through; ``benchmarks/RESULTS.md``); ``--beta 3`` shows more
-contrast. Terminal colours are relative to each text's largest score; the
-JSON and the HTML tooltips hold the values.
+InputIBA's input mask has one value per token, and a token's information
+costs the same in a short and in a long text (``InputIBAConfig.text``): the
+words the model uses open, the others stay near 0. ``--beta`` is that price
+per token (default 0.13; lower opens more tokens). ``--schedule published``
+has the published input stage (a mask per token and embedding dimension,
+beta 30 on the mean over all elements), which keeps every token of a short
+review near 0.01 (``benchmarks/RESULTS.md``). Terminal colours are relative
+to each text's largest score; the JSON and the HTML tooltips hold the values.
 """
 from __future__ import annotations
 
@@ -52,8 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=list(SCHEDULES), default="default",
                    help="InputIBA's schedule: the library's default (no GAN stage) or the paper's (published)")
     p.add_argument("--beta", type=float, default=None,
-                   help="weight of the information term of the last stage (published: 30 for InputIBA's "
-                        "input stage, 15 for IBA); lower values open more tokens")
+                   help="weight of the information term of the last stage (InputIBA's input stage: the "
+                        "price of a token, default 0.13, published schedule 30 on the mean over elements; "
+                        "IBA: 15 on the mean over elements); lower values open more tokens")
     p.add_argument("--stats", default=None, help="statistics file (default: <checkpoint stem>_stats.pt)")
     p.add_argument("--estimate-from", choices=["rotten_tomatoes", "synthetic", "imdb"], default=None,
                    help="estimate the statistics from this dataset instead")

@@ -269,3 +269,20 @@ def test_torchscript_models_are_refused_with_a_reason(tiny_cnn):
     scripted = torch.jit.script(tiny_cnn)
     with pytest.raises(TypeError, match="TorchScript model cannot be hooked"):
         IBA(scripted, "features.2")
+
+
+def test_shared_mask_and_information_options(iba, tiny_cnn, image_loader):
+    """One mask value per position shared by the channels; a bad information term or MultiIBA with
+    either option is refused."""
+    from inputiba.multi import MultiIBA
+
+    x = torch.randn(2, 3, 16, 16)
+    res = IBA(tiny_cnn, "features.2", stats=iba.stats, shared_mask=True).attribute(x, seed=0, return_result=True)
+    assert res.alpha.shape == res.lam.shape == (2, 1, 16, 16) and res.capacity.shape == (2, 6, 16, 16)
+    assert res.saliency.shape == (2, 16, 16)
+    per_position = IBA(tiny_cnn, "features.2", stats=iba.stats, information="per_position")
+    assert per_position.attribute(x, seed=0).shape == (2, 16, 16)
+    with pytest.raises(ValueError, match="information must be one of"):
+        IBAConfig(information="sum")
+    with pytest.raises(ValueError, match="shared_mask"):
+        MultiIBA(tiny_cnn, ["features.0", "features.2"], shared_mask=True)

@@ -11,12 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from inputiba import IBA, InputIBA, InputIBAConfig
+from inputiba import IBA, IBAConfig, InputIBA, InputIBAConfig
 from inputiba.datasets import synthetic_sentiment
 from inputiba.gan import GANConfig
 from inputiba.hooks import features_at
 from inputiba.iba import fit_bottleneck, row_loss_for
+from inputiba.input_stage import TEXT_INPUT_PUBLISHED
 from inputiba.models import LSTMClassifier, load_text_classifier, pretrained_path
+from inputiba.text import encode_batch
 
 from conftest import model_fingerprint
 
@@ -133,7 +135,93 @@ def test_inputiba_scores_tokens_in_unit_interval_and_padding_gets_none(lstm, tex
     assert ((res.mask[real] > 0) & (res.mask[real] < 1)).all()
 
 
+def test_input_mask_is_one_value_per_token_and_published_one_per_dimension(lstm, text_loader):
+    att = InputIBA(lstm, "lstm.0", tiny_config(), input_layer="embedding")
+    att.estimate(text_loader, n_samples=32)
+    ids = padded_ids()
+    res = att.attribute(ids, target=[0, 1, 2, 0], seed=0, return_stages=True)
+    assert res.input.alpha.shape == res.input.lam.shape == (4, 9, 1)
+    assert res.input.capacity.shape == (4, 9, 6)
+    real = ids != 0
+    torch.testing.assert_close(res.mask[real], torch.sigmoid(res.input.alpha[..., 0])[real])
+    published = replace(tiny_config(), input=replace(TEXT_INPUT_PUBLISHED, steps=10))
+    published_att = InputIBA(lstm, "lstm.0", published, input_layer="embedding", stats=att.stats)
+    published_att.input_stats = att.input_stats
+    assert published_att.attribute(ids, target=0, seed=0, return_stages=True).input.alpha.shape == (4, 9, 6)
+
+
+@pytest.mark.parametrize("information", ["mean", "per_position"])
+def test_information_term_mean_over_elements_or_sum_over_tokens(lstm, text_loader, information):
+    """With no cross-entropy the first loss is beta times the information at the initial mask:
+    the mean over real elements, or the sum over real tokens of the mean over the embedding."""
+    from inputiba.bottleneck import kl_capacity
+    from inputiba.estimation import estimate_stats
+
+    stats = estimate_stats(lstm, lstm.embedding, text_loader, 32, active_threshold=0.0,
+                           positions=lambda ids: ids != 0)
+    ids = padded_ids()
+    points = features_at(lstm, lstm.embedding, ids).detach()
+    cfg = IBAConfig(beta=2.0, steps=1, n_copies=2, sigma=0.0, shared_mask=True, information=information)
+    valid = (ids != 0).float().unsqueeze(-1)
+    fit = fit_bottleneck(lstm, lstm.embedding, "output", points, ids.repeat_interleave(2, 0), stats, cfg,
+                         lambda out: 0 * out.sum(1), seed=0, valid=valid, channel_dim=2)
+    kl = kl_capacity(torch.sigmoid(torch.tensor(cfg.init_alpha)), (points - stats.mean) / stats.std) * valid
+    per_token = kl.mean(-1).sum(1)
+    expected = per_token if information == "per_position" else kl.sum((1, 2)) / (valid.sum((1, 2)) * 6)
+    torch.testing.assert_close(fit.losses[0], 2.0 * expected)
+
+
+class ReadsOnePosition(nn.Module):
+    """Token k votes for class k % 3 with a clear margin; the head reads position 2 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(20, 8, padding_idx=0)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            w = 0.3 * torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+            w[torch.arange(1, 20), torch.arange(1, 20) % 3] += 3.0
+            w[0] = 0
+            self.embedding.weight.copy_(w)
+            self.mix.weight.copy_(torch.eye(8))
+            self.mix.bias.zero_()
+            self.head.weight.copy_(3 * torch.eye(8)[:3])
+            self.head.bias.zero_()
+
+    def forward(self, ids):
+        return self.head(self.mix(self.embedding(ids))[:, 2])
+
+
+def test_the_one_token_a_model_reads_opens_and_the_rest_stays_closed():
+    """Measured: 0.78-0.89 at position 2, below 0.02 elsewhere (the published input stage: 0.22-0.38,
+    a mask that never opens)."""
+    model = ReadsOnePosition().eval()
+    g = torch.Generator().manual_seed(1)
+    loader = [(torch.randint(1, 20, (16, 10), generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(4)]
+    ids = torch.randint(1, 20, (6, 9), generator=torch.Generator().manual_seed(3))
+    ids[1, 6:] = 0
+    att = InputIBA(model, "mix", InputIBAConfig.text(), input_layer="embedding")
+    att.estimate(loader, n_samples=64)
+    scores = att.attribute(ids, seed=0)
+    elsewhere = torch.cat([scores[:, :2], scores[:, 3:]], dim=1)
+    assert scores[:, 2].min() > 0.5 and elsewhere.max() < 0.05
+
+
+def test_a_rotten_review_opens_on_its_deciding_word():
+    """Measured: 'dull' 0.81, every other token of the review below 0.27 (the published input stage:
+    0.016-0.025 everywhere)."""
+    ck = load_text_classifier()
+    ids, _ = encode_batch(["dull, lifeless and far too long"], ck.vocab)
+    att = InputIBA(ck.model, ck.model.feature_layer, InputIBAConfig.text(), input_layer="embedding")
+    att.load_stats(pretrained_path("rotten_tomatoes_lstm_stats.pt"))
+    scores = att.attribute(ids, seed=0)[0]
+    assert int(scores.argmax()) == 0 and scores[0] > 0.5 and scores.min() < 0.05
+
+
 def test_text_batch_equals_one_at_a_time(lstm, text_loader):
+    """Equal up to the noise: a batch and a single text draw different noise samples. Measured: at most
+    5e-4 apart over 5 seeds (the published input stage, whose steps the information term dominates: 1.4e-4)."""
     att = InputIBA(lstm, "lstm.0", tiny_config(), input_layer="embedding")
     att.estimate(text_loader, n_samples=32)
     ids = padded_ids()
@@ -141,7 +229,7 @@ def test_text_batch_equals_one_at_a_time(lstm, text_loader):
     for i in (1, 3):
         length = int((ids[i] != 0).sum())
         alone = att.attribute(ids[i:i + 1, :length], target=1, seed=3)
-        assert torch.allclose(alone[0], batch[i, :length], atol=1e-4), i
+        assert torch.allclose(alone[0], batch[i, :length], atol=2e-3), i
 
 
 def test_text_errors_name_the_problem(lstm, text_loader):
@@ -206,6 +294,12 @@ def test_planted_tokens_are_found_on_the_ground_truth_task():
     scores = att.attribute(ids, target=labels, seed=0)
     exact = sum(set(scores[i].topk(len(ev)).indices.tolist()) == set(ev) for i, ev in enumerate(data.evidence))
     assert exact / len(data) >= 0.8
+    # not a ranking of near-equal values: the planted words open, the rest stays closed
+    best_cue = torch.stack([scores[i, ev].max() for i, ev in enumerate(data.evidence)])
+    cue = torch.zeros_like(scores, dtype=torch.bool)
+    for i, ev in enumerate(data.evidence):
+        cue[i, ev] = True
+    assert best_cue.mean() > 0.6 and scores[(ids != 0) & ~cue].mean() < 0.05
 
 
 def run_script(name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
