@@ -3,8 +3,8 @@
 ``inputiba demo`` explains the bundled example canvases (Fashion-MNIST items
 among distractors) with InputIBA on the bundled VGG-style CNN and writes, per
 canvas, every stage's float maps (``.npz``) and a figure: the canvas with the
-object's box, the IBA map of the feature stage (bits per pixel), the GAN's
-``lambda_G`` and the InputIBA mask. ``inputiba evaluate CONFIG`` runs the
+object's box, the IBA map of the feature stage (bits per pixel), the input
+prior ``lambda_G`` and the InputIBA mask. ``inputiba evaluate CONFIG`` runs the
 evaluation harness.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int]
         plot_panels(raw[index], {
             f"IBA at {CLUTTERED_LAYER}: {float(result.feature_map[k].sum()):.0f} bits":
                 (result.feature_map[k], "bits per pixel"),
-            "GAN mask lambda_G": (gan, "[0, 1]"),
+            ("prior lambda_G" if result.gan is None else "lambda_G after the GAN"): (gan, "[0, 1]"),
             "InputIBA mask": (result.mask[k], "[0, 1]"),
         }, png, title=title, box=tuple(boxes[index].tolist()))
         written.append((npz, png))

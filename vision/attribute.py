@@ -210,7 +210,7 @@ def _run(args, rank: int, world: int) -> int:
             save_npz(npz, target=res.targets[i], **{k: v[i] for k, v in maps.items()})
             panels = {"IBA (feature stage)": (maps["feature_map"][i], "bits per pixel")}
             if args.method == "inputiba":
-                panels["GAN mask lambda_G"] = (maps["gan_mask"][i], "mask")
+                panels["prior lambda_G"] = (maps["gan_mask"][i], "mask")
                 panels["InputIBA"] = (maps["mask"][i], "mask")
             plot_panels(x[i], panels, png, title=f"{rel} (class {int(res.targets[i])})")
             print(f"rank {rank}: wrote {rel}", flush=True)
