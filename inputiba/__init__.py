@@ -20,6 +20,7 @@ from .gan import GANConfig, GANResult
 from .iba import IBA, IBAConfig, IBAResult
 from .pipeline import InputIBA, InputIBAConfig, InputIBAResult
 from .plotting import plot_saliency_map
+from .seeding import input_seed
 
 __version__ = "0.1.0"
 
@@ -40,5 +41,6 @@ __all__ = [
     "smooth_mask",
     "capacity_to_saliency",
     "plot_saliency_map",
+    "input_seed",
     "__version__",
 ]

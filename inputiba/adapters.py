@@ -293,3 +293,59 @@ def expand_valid(valid: Tensor | None, like: Tensor) -> Tensor | None:
         return None
     return valid.to(like.dtype).view(*valid.shape, *([1] * (like.dim() - valid.dim())))
 
+
+
+def batch_chunks(adapter: ImageAdapter | TokenAdapter, inputs: Tensor, step: int) -> list[tuple[Tensor, int | None]]:
+    """How one call's inputs are split into the batches that are attributed together.
+
+    Images: consecutive runs of ``step`` inputs. Texts: the texts of one
+    length (up to the last real token) together, ``step`` at a time, each
+    batch cut to that length: a text's result then does not depend on how
+    much padding the rest of its call needed (an LSTM over a longer padded
+    batch rounds differently, and Adam's first steps magnify that).
+
+    Returns:
+        ``(indices, length)`` per batch: the ``(n,)`` positions of its inputs
+        in the call (on the inputs' device) and the length to cut them to
+        (``None``: keep them whole).
+    """
+    B = inputs.shape[0]
+    device = inputs.device
+    if adapter.kind != "tokens":
+        return [(torch.arange(s, min(s + step, B), device=device), None) for s in range(0, B, step)]
+    valid = adapter.valid(inputs)
+    positions = torch.arange(1, inputs.shape[1] + 1, device=device)
+    lengths = (valid * positions).amax(dim=1)
+    chunks = []
+    for length in lengths.unique().tolist():
+        same = (lengths == length).nonzero().flatten()
+        chunks += [(same[s:s + step], int(length)) for s in range(0, len(same), step)]
+    return chunks
+
+
+def gather_chunks(values: list[Tensor | None], chunks: list[tuple[Tensor, int | None]], total: int,
+                  full_length: int | None = None, batch_dim: int = 0) -> Tensor | None:
+    """Put the per-batch ``values`` of :func:`batch_chunks` back in the order of the call.
+
+    Args:
+        values: one tensor per batch, its inputs along ``batch_dim``.
+        chunks: what :func:`batch_chunks` returned.
+        total: inputs in the call.
+        full_length: for per-position values of cut texts, the call's length:
+            the dimension after the batch is padded back to it with zeros.
+        batch_dim: 0, or 1 for per-step histories ``(steps, B)``.
+    """
+    if values[0] is None:
+        return None
+    first = values[0]
+    shape = list(first.shape)
+    shape[batch_dim] = total
+    if full_length is not None:
+        shape[batch_dim + 1] = full_length
+    out = first.new_zeros(shape)
+    for value, (index, _) in zip(values, chunks):
+        if full_length is not None and value.shape[batch_dim + 1] != full_length:
+            pad = [0, 0] * (value.dim() - batch_dim - 2) + [0, full_length - value.shape[batch_dim + 1]]
+            value = F.pad(value, pad)
+        out.index_copy_(batch_dim, index.to(out.device), value)
+    return out

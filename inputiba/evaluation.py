@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .bottleneck import smooth_mask
 from .hooks import features_at, preserved_state, replaced, resolve_layer
+from .seeding import InputStreams, Seeds, input_seeds
 from .validation import check_finite, resolve_targets, run_model
 
 __all__ = [
@@ -407,7 +408,7 @@ def _pearson(x: Tensor, y: Tensor) -> Tensor:
 
 def sensitivity_n(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor, target: int | Tensor,
                   ns: Sequence[int] | Tensor | None = None, n_subsets: int = 100,
-                  baseline: Tensor | float = 0.0, tile: int = 1, seed: int = 0,
+                  baseline: Tensor | float = 0.0, tile: int = 1, seed: Seeds = 0,
                   batch_size: int = 128) -> SensitivityResult:
     """Sensitivity-N: does the attribution of a set predict the logit drop when it is removed?
 
@@ -424,9 +425,9 @@ def sensitivity_n(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor
     there; average with ``torch.nanmean``. The default ``ns`` stop at 80 % of
     the units and so avoid the first case.
 
-    Subsets are drawn from a CPU generator seeded with ``seed``, in order of
-    input, N and subset, so the subsets do not depend on ``batch_size`` or
-    the device.
+    Each input's subsets are drawn from its own CPU stream
+    (:mod:`inputiba.seeding`), in order of N and subset, so they do not
+    depend on the other inputs, ``batch_size`` or the device.
 
     Args:
         model: classifier or :data:`Scorer`.
@@ -439,7 +440,8 @@ def sensitivity_n(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor
         n_subsets: random subsets per input and N.
         baseline: value of removed elements, broadcast to the inputs.
         tile: unit side in elements, as in :func:`degradation`.
-        seed: seed of the subsets.
+        seed: seed of the subsets: an int (input ``i`` gets
+            ``input_seed(seed, i)``) or one seed per input.
         batch_size: states per forward pass.
 
     Returns:
@@ -460,12 +462,13 @@ def sensitivity_n(model: nn.Module | Scorer, inputs: Tensor, attribution: Tensor
     mass = _per_unit(attribution, unit_of, n_units, mean=False)
     n_ns = ns.numel()
     per_input = n_ns * n_subsets
-    generator = torch.Generator().manual_seed(seed)
+    streams = InputStreams(input_seeds(seed, B), "cpu", "sensitivity_n")
     removed_mass = torch.empty(B * per_input, dtype=mass.dtype, device=inputs.device)
 
-    def build(index: Tensor) -> tuple[Tensor, Tensor]:
+    def build(index: Tensor) -> tuple[Tensor, Tensor]:  # rows come in increasing order
         b, j = index // per_input, index // n_subsets % n_ns
-        keys = torch.rand(len(index), n_units, generator=generator).to(inputs.device)
+        keys = torch.cat([torch.rand(int((b == i).sum()), n_units, generator=streams.generators[i])
+                          for i in b.unique().tolist()]).to(inputs.device)
         removed = pixel_ranks(keys) < ns[j].view(-1, 1)
         removed_mass[index] = (removed * mass[b]).sum(1)
         gone = removed[:, unit_of].unsqueeze(1)

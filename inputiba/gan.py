@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, ImageAdapter
+from .seeding import InputStreams, Seeds, input_seeds
 from .validation import check_settings
 
 __all__ = ["GANConfig", "GANResult", "BatchedCritic", "fit_gan"]
@@ -184,6 +185,26 @@ class BatchedCritic(nn.Module):
         else:
             raise ValueError(f"kind must be 'clip' or 'gp', got {kind!r}")
 
+    @classmethod
+    def seeded(cls, seeds: list[int], channels: int, kind: str = "gp", width: int = 64,
+               dims: int = 2) -> "BatchedCritic":
+        """``len(seeds)`` critics, critic ``b`` initialised as a lone critic under ``seeds[b]``.
+
+        Critic ``b``'s initial weights then depend on its seed only, not on
+        how many critics share the module or where ``b`` sits among them.
+        The caller's global random state is left as it was.
+        """
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            critic = cls(len(seeds), channels, kind, width, dims)
+            state = critic.state_dict()
+            for b, seed in enumerate(seeds):
+                torch.manual_seed(seed)
+                for name, value in cls(1, channels, kind, width, dims).state_dict().items():
+                    if value.dim() > 0:  # grouped weights, biases, norms: critic b owns rows b*n .. (b+1)*n
+                        n = value.shape[0]
+                        state[name][b * n:(b + 1) * n].copy_(value)
+        return critic
+
     def forward(self, features: Tensor) -> Tensor:
         """``(B, n, C, *S)`` samples to ``(B, n)`` scores."""
         B, n = features.shape[:2]
@@ -197,7 +218,7 @@ class BatchedCritic(nn.Module):
 
 def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor,
             feature_mask: Tensor, initial_logits: Tensor, config: GANConfig | None = None,
-            seed: int | None = None, layer_name: str = "layer",
+            seed: Seeds = None, layer_name: str = "layer",
             adapter: Adapter | None = None) -> GANResult:
     """Train one generator and critic per input; return the input masks ``lambda_G``.
 
@@ -214,7 +235,10 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
             ``(B, C, H, W)`` (text: ``(B, T, D)``); see
             :func:`inputiba.adapters.mask_start_logits`.
         config: a :class:`GANConfig`.
-        seed: seed of all random draws of the stage.
+        seed: seed of all random draws of the stage, one per input or a
+            base seed (:func:`inputiba.seeding.input_seeds`): input ``b``'s
+            samples and its critic's initial weights come from its own
+            stream, so its mask does not depend on the other inputs.
         layer_name: for error messages.
         adapter: images (default) or tokens (:mod:`inputiba.adapters`).
 
@@ -227,11 +251,7 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
     valid = adapter.valid(inputs)
     B = points.shape[0]
     device, dtype = points.device, points.dtype
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+    streams = InputStreams(input_seeds(seed, B), device, "gan")
 
     logits = initial_logits.detach().clone().requires_grad_(True)
     noise_shape = adapter.noise_shape(points)
@@ -241,37 +261,34 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
     opt_g = torch.optim.RMSprop([{"params": [logits], "lr": cfg.lr_mask},
                                  {"params": [mu], "lr": cfg.lr_mean},
                                  {"params": [sigma], "lr": cfg.lr_std}])
-    # the critics' initial weights come from the global generator: seed it
-    # without changing the caller's random state
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if seed is not None:
-            torch.manual_seed(seed)
-        channels = adapter.critic_view(features.unsqueeze(1), None).shape[2]
-        critic = BatchedCritic(B, channels, cfg.critic, cfg.critic_width,
-                               dims=adapter.critic_dims).to(device, dtype)
+    channels = adapter.critic_view(features.unsqueeze(1), None).shape[2]
+    critic = BatchedCritic.seeded([streams.seed_of(b) for b in range(B)], channels, cfg.critic,
+                                  cfg.critic_width, dims=adapter.critic_dims).to(device, dtype)
     critic.train()
     if cfg.critic == "clip":
         opt_d = torch.optim.RMSprop(critic.parameters(), lr=cfg.critic_lr)
     else:
         opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr, betas=(0.5, 0.9))
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator, device=device, dtype=dtype)
+    seq = 1 if adapter.kind == "tokens" else 0  # text: positions outermost, padding changes no draw
+
+    def randn(*shape):  # (B, *shape), input b's row from its own stream
+        return streams.randn(*shape, dtype=dtype, first=seq)
 
     def rand(*shape):
-        return torch.rand(*shape, generator=generator, device=device, dtype=dtype)
+        return streams.rand(*shape, dtype=dtype)
 
     def real_samples(n: int) -> Tensor:
         ones = (1,) * (features.dim() - 1)
-        m = (2 * rand(B, n, *ones) - 1) * cfg.noise_mean_range
-        s = rand(B, n, *ones) * cfg.noise_std_max
-        noise = m + s * randn(B, n, *features.shape[1:])
+        m = (2 * rand(n, *ones) - 1) * cfg.noise_mean_range
+        s = rand(n, *ones) * cfg.noise_std_max
+        noise = m + s * randn(n, *features.shape[1:])
         K = feature_mask.unsqueeze(1)
         return adapter.critic_view(K * features.unsqueeze(1) + (1 - K) * noise, valid)
 
     def fake_samples(n: int) -> Tensor:
         mask = torch.sigmoid(logits).unsqueeze(1)
-        noise = sigma.unsqueeze(1) * randn(B, n, *points.shape[1:]) + mu.unsqueeze(1)
+        noise = sigma.unsqueeze(1) * randn(n, *points.shape[1:]) + mu.unsqueeze(1)
         x_g = mask * points.unsqueeze(1) + (1 - mask) * noise
         out = adapter.run_to_layer(model, layer, inputs, x_g.flatten(0, 1), layer_name)
         return adapter.critic_view(out.view(B, n, *out.shape[1:]), valid)
@@ -322,8 +339,11 @@ def _scores(critic: BatchedCritic, fake: Tensor, real: Tensor) -> tuple[Tensor, 
 
 
 def _gradient_penalty(critic: BatchedCritic, real: Tensor, fake: Tensor, rand) -> Tensor:
-    """``(B,)`` WGAN-GP penalty, ``E[(||grad D(x_hat)|| - 1)^2]`` per critic."""
-    eps = rand(*real.shape[:2], *([1] * (real.dim() - 2)))
+    """``(B,)`` WGAN-GP penalty, ``E[(||grad D(x_hat)|| - 1)^2]`` per critic.
+
+    ``rand(*shape)`` draws ``(B, *shape)`` uniforms, one row per input.
+    """
+    eps = rand(real.shape[1], *([1] * (real.dim() - 2)))
     mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return ((grad.flatten(2).norm(dim=2) - 1) ** 2).mean(1)

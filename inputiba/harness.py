@@ -15,18 +15,21 @@ and metric) is then built from those files alone::
     <out_dir>/figures/{insertion_deletion,degradation,sensitivity_n,sanity}.png
 
 **Resuming.** A batch is ``batch_size`` consecutive samples and is the unit of
-work: its maps and scores are computed together, with seeds that depend only
-on its first index. A rerun skips the batches whose samples are all on disk
-and recomputes the others whole (writing only their missing samples), so a
-resumed run gives the same numbers as one that was never interrupted. Results
-of other settings in the same ``out_dir`` are refused.
+work. A rerun skips the batches whose samples are all on disk and recomputes
+the others whole (writing only their missing samples). Results of other
+settings in the same ``out_dir`` are refused.
 
-**Seeds.** For the batch starting at index ``i``: methods that keep a ``seed``
-(random, IBA, InputIBA, SmoothGrad, RISE, ...) get ``seed + i`` (their
-``seed`` setting, else :attr:`HarnessConfig.seed`; a ``seed`` setting of
-``None`` is kept and means fresh noise), the global RNG is seeded with
-``HarnessConfig.seed + i`` during the call, and Sensitivity-N draws its
-subsets with ``HarnessConfig.seed + i``.
+**Seeds.** A sample's maps and scores depend on the sample, the settings and
+the seed, not on its batch or on a resume (:mod:`inputiba.seeding`): methods
+with per-input randomness (:attr:`AttributionMethod.per_input_seeds`: random,
+IBA, InputIBA, MultiIBA) get one seed per sample, ``input_seed(base, index)``
+with ``index`` the sample's index in the dataset and ``base`` their ``seed``
+setting, else :attr:`HarnessConfig.seed` (a ``seed`` setting of ``None`` is
+kept and means fresh noise); the other methods draw the same values for every
+input and get ``base`` as it is. The global RNG is seeded with
+:attr:`HarnessConfig.seed` during each call, and Sensitivity-N draws each
+sample's subsets from ``input_seed(HarnessConfig.seed, index)``. Maps of
+different batches agree up to the float rounding of batched kernels.
 
 :func:`run_evaluation` does the same from a configuration file (TOML or JSON,
 data and never code; see :func:`evaluation_from_dict`); datasets are found by
@@ -56,6 +59,7 @@ from .hooks import resolve_layer
 from .io import atomic_path, save_npz
 from .methods import AttributionMethod, get_method
 from .methods.base import seeded
+from .seeding import Seeds, input_seed
 from .validation import model_device
 
 __all__ = [
@@ -130,7 +134,7 @@ class MetricBatch:
         maps: ``(B, H, W)`` float attribution maps.
         targets: ``(B,)`` long, the labels.
         boxes: per sample a ``(K_i, 4)`` float64 tensor of boxes, ``K_i >= 0``.
-        seed: the batch's seed for a metric's random draws.
+        seed: one seed per sample for a metric's random draws.
         batch_size: perturbed states per forward pass.
     """
 
@@ -139,7 +143,7 @@ class MetricBatch:
     maps: Tensor
     targets: Tensor
     boxes: list[Tensor]
-    seed: int
+    seed: list[int]
     batch_size: int
 
 
@@ -596,13 +600,21 @@ def _prepared(spec: MethodSpec, model: nn.Module, dataset: SampleSource, config:
     return method
 
 
-def _attribute(method: AttributionMethod, spec: MethodSpec, x: Tensor, y: Tensor, start: int,
-               config: HarnessConfig) -> Tensor:
-    """``(B, H, W)`` maps of the batch starting at sample ``start``, seeded for that batch."""
+def _method_seed(method: AttributionMethod, spec: MethodSpec, indices: Sequence[int],
+                 config: HarnessConfig) -> Seeds:
+    """The seed to give ``method`` for the samples ``indices`` (see the module's docs)."""
     base = spec.settings.get("seed", config.seed)
-    if base is not None and hasattr(method, "seed"):
-        method.seed = base + start
-    with seeded(config.seed + start, x.device):
+    if base is None or not method.per_input_seeds:
+        return base
+    return [input_seed(base, int(i)) for i in indices]
+
+
+def _attribute(method: AttributionMethod, spec: MethodSpec, x: Tensor, y: Tensor, indices: Sequence[int],
+               config: HarnessConfig) -> Tensor:
+    """``(B, H, W)`` maps of the samples ``indices``, each seeded by its own index."""
+    if hasattr(method, "seed"):
+        method.seed = _method_seed(method, spec, indices, config)
+    with seeded(config.seed, x.device):
         return method.attribute(x, y)
 
 
@@ -626,8 +638,9 @@ def _evaluate_batch(method: AttributionMethod, spec: MethodSpec, model: nn.Modul
     images, labels, boxes = _collate([dataset[i] for i in indices])
     device = model_device(model)
     x, y = images.to(device), labels.to(device)
-    maps = _attribute(method, spec, x, y, indices.start, config)
-    batch = MetricBatch(model, x, maps, y, boxes, config.seed + indices.start, config.metric_batch_size)
+    maps = _attribute(method, spec, x, y, indices, config)
+    batch = MetricBatch(model, x, maps, y, boxes, [input_seed(config.seed, i) for i in indices],
+                        config.metric_batch_size)
     scores: dict[str, Tensor] = {}
     curves: dict[str, Tensor] = {}
     for metric in metrics:
@@ -654,14 +667,14 @@ def _run_sanity(spec: MethodSpec, model: nn.Module, dataset: SampleSource, sanit
         intact = _prepared(spec, model, dataset, config)
     with _bar(n, f"{spec.row} sanity", progress) as bar:
         for lo in range(0, n, config.batch_size):
-            images, labels, _ = _collate([dataset[i] for i in range(lo, min(lo + config.batch_size, n))])
+            indices = range(lo, min(lo + config.batch_size, n))
+            images, labels, _ = _collate([dataset[i] for i in indices])
 
             def explain(randomised: nn.Module, x: Tensor, target: Tensor) -> Tensor:
                 if intact is not None:
-                    base = spec.settings.get("seed", config.seed)
-                    seed = None if base is None else base + lo
+                    seed = _method_seed(intact, spec, indices, config)
                     return intact.inputiba.attribute(x, target, seed=seed, input_model=randomised)
-                return _attribute(_prepared(spec, randomised, dataset, config), spec, x, target, lo, config)
+                return _attribute(_prepared(spec, randomised, dataset, config), spec, x, target, indices, config)
 
             r = sanity_check(model, explain, images.to(device), labels.to(device), sanity.layers,
                              seed=config.seed, absolute=sanity.absolute)
@@ -681,7 +694,7 @@ def _bar(total: int, desc: str, progress: bool):
 def _fingerprint(spec: MethodSpec, n: int, config: HarnessConfig) -> dict:
     """What a method's sample files depend on, as plain JSON data."""
     data = {"method": {"name": spec.name, "settings": dict(spec.settings)}, "n_samples": n,
-            "seed": config.seed, "batch_size": config.batch_size, "prepare_samples": config.prepare_samples,
+            "seed": config.seed, "seeding": "per-input", "batch_size": config.batch_size, "prepare_samples": config.prepare_samples,
             "metrics": {name: asdict(m) for name, m in config.metrics.items()}}
     return json.loads(json.dumps(data, default=repr))
 

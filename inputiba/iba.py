@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adapters import Adapter, adapter_for, expand_valid
+from .adapters import Adapter, adapter_for, batch_chunks, expand_valid, gather_chunks
 from .bottleneck import kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
+from .seeding import InputStreams, Seeds, input_seeds
 from .hooks import (LayerNotReached, channels_last_where_safe, conv_layout, cudnn_rnn_disabled, forward_hooks,
                     layer_tensor, preserved_state, replaced, resolve_layer, with_layer_tensor)
 from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
@@ -215,7 +216,7 @@ class IBA:
 
     # ------------------------------------------------------------------ attribution
     def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
-                  loss_fn: LossFn | None = None, seed: int | None = None,
+                  loss_fn: LossFn | None = None, seed: Seeds = None,
                   return_result: bool = False) -> Tensor | IBAResult:
         """Explain each input with its own bottleneck.
 
@@ -231,7 +232,11 @@ class IBA:
                 repeated the same way when it is a tensor with ``B`` rows and
                 passed unchanged otherwise. Must return a ``(B * n_copies,)``
                 loss per row.
-            seed: seed of the bottleneck noise, for reproducible maps.
+            seed: seed of the bottleneck noise, for reproducible maps: an int
+                (input ``i`` of the call gets ``input_seed(seed, i)``), one
+                seed per input, or ``None`` (drawn from the global generator).
+                An input's map does not depend on the rest of its batch or on
+                ``max_batch`` (:mod:`inputiba.seeding`).
             return_result: return an :class:`IBAResult` instead of the map.
 
         Returns:
@@ -256,16 +261,20 @@ class IBA:
         check_finite(inputs)
         device = model_device(self.model)
         inputs = inputs.to(device)
-        step = self.config.max_batch
+        B = inputs.shape[0]
+        seeds = input_seeds(seed, B)
+        chunks = batch_chunks(self.adapter, inputs, self.config.max_batch)
         parts = []
         with preserved_state(self.model), cudnn_rnn_disabled(self.model), \
                 channels_last_where_safe([self.model], inputs):
             inputs = conv_layout(inputs)
-            for start in range(0, inputs.shape[0], step):
-                sl = slice(start, start + step)
-                part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
-                parts.append(self._attribute_chunk(inputs[sl], part_target, loss_fn, seed, stats))
-        result = _concat_results(parts)
+            for index, length in chunks:
+                # images: consecutive runs, sliced (a view keeps the memory layout)
+                x = inputs[int(index[0]):int(index[-1]) + 1] if length is None else inputs[index, :length]
+                part_target = slice_targets(target, index, B, loss_fn is not None)
+                parts.append(self._attribute_chunk(x, part_target, loss_fn, [seeds[i] for i in index.tolist()],
+                                                   stats))
+        result = _gather_results(parts, chunks, B, None if self.adapter.kind != "tokens" else inputs.shape[1])
         self._last_lam = result.lam
         if return_result:
             return result
@@ -275,7 +284,7 @@ class IBA:
                 "(C, h, w) map; use return_result=True for the per-element capacity")
         return result.saliency
 
-    def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: int | None,
+    def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: list[int],
                          stats: FeatureStats) -> IBAResult:
         cfg = self.config
         B, S = x.shape[0], cfg.n_copies
@@ -394,8 +403,8 @@ class BottleneckFit:
 def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Tensor,
                    model_inputs: Tensor, stats: FeatureStats, config: IBAConfig,
                    row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,
-                   seed: int | None = None, valid: Tensor | None = None,
-                   name: str = "the layer", channel_dim: int = 1) -> BottleneckFit:
+                   seed: Seeds = None, valid: Tensor | None = None,
+                   name: str = "the layer", channel_dim: int = 1, stream: str = "bottleneck") -> BottleneckFit:
     """Optimise one bottleneck mask per input; the loop both IBA stages share.
 
     The bottleneck replaces ``module``'s output (``where="output"``, a hidden
@@ -419,7 +428,10 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
             ``(B * n_copies,)`` loss.
         prior: optional ``(B, *shape)`` prior mask for the capacity
             (see :func:`inputiba.bottleneck.kl_capacity`).
-        seed: seed of the noise.
+        seed: seed of the noise: one per input, or a base seed for the
+            inputs' indices (:func:`inputiba.seeding.input_seeds`); input
+            ``b``'s noise comes from its own stream, so its fit does not
+            depend on the other inputs.
         valid: optional 0/1 mask broadcastable to ``features`` of the real
             positions (text without its padding). Elsewhere the features pass
             unchanged and carry no capacity, and the information term is the
@@ -430,6 +442,8 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
             holds the channels: 1 for ``(B, C, h, w)``, 2 for text's
             ``(B, T, D)``; used by ``config.shared_mask`` and
             ``config.information="per_position"``.
+        stream: which of each input's random streams the noise comes from
+            (stages that share a seed use different streams).
 
     Returns:
         A :class:`BottleneckFit` (``alpha`` and ``lam`` with 1 channel when
@@ -444,7 +458,7 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
     st = stats.to(device, features.dtype)
     r = (features - st.mean) / st.std
     rep_features = features.repeat_interleave(S, dim=0)
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    streams = InputStreams(input_seeds(seed, B), device, stream)
 
     def mask(alpha: Tensor) -> Tensor:
         return smooth_mask(torch.sigmoid(alpha), config.sigma)
@@ -468,8 +482,9 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
     losses = []
 
     def bottleneck(original: Tensor) -> Tensor:
-        noise = torch.randn(rep_features.shape, generator=generator, device=device,
-                            dtype=rep_features.dtype)
+        # text: positions outermost, so padding does not change a text's noise
+        noise = streams.randn(S, *features.shape[1:], dtype=rep_features.dtype,
+                              first=0 if valid is None else 1).flatten(0, 1)
         lam = current["lam"].repeat_interleave(S, dim=0)
         z = noisy_features(rep_features, lam, st.mean, st.std, noise) * st.active
         if st.relu:
@@ -555,13 +570,14 @@ def row_loss_for(target, logits: Tensor | None, loss_fn: LossFn | None, batch_si
     return None, row_loss
 
 
-def _concat_results(parts: list[IBAResult]) -> IBAResult:
-    if len(parts) == 1:
+def _gather_results(parts: list[IBAResult], chunks, total: int, length: int | None) -> IBAResult:
+    """The results of :func:`~inputiba.adapters.batch_chunks`' batches, in the call's order."""
+    if len(parts) == 1 and length in (None, parts[0].alpha.shape[1]):
         return parts[0]
 
-    def cat(name, dim=0):
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else torch.cat(values, dim=dim)
+    def gather(name, per_position=True, batch_dim=0):
+        return gather_chunks([getattr(p, name) for p in parts], chunks, total,
+                             length if per_position else None, batch_dim)
 
-    return IBAResult(cat("saliency"), cat("capacity"), cat("lam"), cat("alpha"), cat("targets"),
-                     cat("losses", dim=1))
+    return IBAResult(gather("saliency"), gather("capacity"), gather("lam"), gather("alpha"),
+                     gather("targets", False), gather("losses", False, 1))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .adapters import Adapter, ImageAdapter, expand_valid
 from .estimation import FeatureStats
 from .iba import BottleneckFit, IBAConfig, fit_bottleneck
+from .seeding import Seeds
 
 __all__ = ["INPUT_DEFAULTS", "TEXT_INPUT_DEFAULTS", "TEXT_INPUT_PUBLISHED", "fit_input_bottleneck",
            "input_attribution"]
@@ -52,7 +53,7 @@ TEXT_INPUT_PUBLISHED = IBAConfig(beta=30.0, steps=30, lr=0.5, n_copies=10, sigma
 
 def fit_input_bottleneck(model: nn.Module, inputs: Tensor, prior: Tensor,
                          row_loss: Callable[[Tensor], Tensor], config: IBAConfig = INPUT_DEFAULTS,
-                         seed: int | None = None, adapter: Adapter | None = None,
+                         seed: Seeds = None, adapter: Adapter | None = None,
                          stats: FeatureStats | None = None) -> BottleneckFit:
     """Optimise the input-resolution bottleneck of each input.
 
@@ -64,7 +65,9 @@ def fit_input_bottleneck(model: nn.Module, inputs: Tensor, prior: Tensor,
         row_loss: per-row loss of the model's outputs for ``B * n_copies``
             rows (see :func:`inputiba.iba.row_loss_for`).
         config: the stage's settings (:data:`INPUT_DEFAULTS`).
-        seed: seed of the noise.
+        seed: seed of the noise, one per input or a base seed
+            (:func:`inputiba.seeding.input_seeds`); drawn from each input's
+            ``"input"`` stream.
         adapter: images (default) or tokens (:mod:`inputiba.adapters`).
         stats: noise statistics of the input point; ``None`` is ``N(0, 1)``.
 
@@ -86,7 +89,7 @@ def fit_input_bottleneck(model: nn.Module, inputs: Tensor, prior: Tensor,
     return fit_bottleneck(model, module, where, points,
                           adapter.repeat_inputs(inputs, points, config.n_copies), stats, config,
                           row_loss, prior=prior, seed=seed, valid=expand_valid(valid, points),
-                          name="the input", channel_dim=adapter.point_channel_dim)
+                          name="the input", channel_dim=adapter.point_channel_dim, stream="input")
 
 
 def input_attribution(fit: BottleneckFit, adapter: Adapter | None = None,

@@ -23,6 +23,7 @@ from .estimation import FeatureStats, estimate_layer_stats
 from .hooks import (LayerNotReached, capture, forward_hooks, layer_tensor, preserved_state, resolve_layers,
                     with_layer_tensor)
 from .iba import IBAConfig, _reaches, row_loss_for
+from .seeding import InputStreams, Seeds, input_seeds
 from .validation import check_image_batch, check_model, model_device, slice_targets, with_overrides
 
 __all__ = ["MultiIBAResult", "MultiIBA"]
@@ -143,13 +144,15 @@ class MultiIBA:
         return self.stats
 
     def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
-                  seed: int | None = None, return_result: bool = False) -> Tensor | MultiIBAResult:
+                  seed: Seeds = None, return_result: bool = False) -> Tensor | MultiIBAResult:
         """Explain each input with its own bottlenecks at every layer.
 
         Args:
             inputs: ``(B, C, H, W)`` float images.
             target: ``None`` (the predicted class), an int, or one index per input.
-            seed: seed of the bottlenecks' noise, for reproducible maps.
+            seed: seed of the bottlenecks' noise, for reproducible maps: an
+                int (input ``i`` of the call gets ``input_seed(seed, i)``),
+                one seed per input, or ``None`` (:mod:`inputiba.seeding`).
             return_result: return a :class:`MultiIBAResult` with the map of
                 every layer instead of the combined map.
 
@@ -161,16 +164,17 @@ class MultiIBA:
         check_image_batch(inputs, "MultiIBA")
         inputs = inputs.to(model_device(self.model))
         step = self.config.max_batch
+        seeds = input_seeds(seed, inputs.shape[0])
         parts = []
         with preserved_state(self.model):
             for start in range(0, inputs.shape[0], step):
                 sl = slice(start, start + step)
                 part_target = slice_targets(target, sl, inputs.shape[0])
-                parts.append(self._attribute_chunk(inputs[sl], part_target, seed, stats))
+                parts.append(self._attribute_chunk(inputs[sl], part_target, seeds[sl], stats))
         result = parts[0] if len(parts) == 1 else _concat(parts)
         return result if return_result else result.saliency
 
-    def _attribute_chunk(self, x: Tensor, target, seed: int | None,
+    def _attribute_chunk(self, x: Tensor, target, seeds: list[int],
                          stats: Mapping[str, FeatureStats]) -> MultiIBAResult:
         cfg = self.config
         B, S = x.shape[0], cfg.n_copies
@@ -184,7 +188,7 @@ class MultiIBA:
         targets, row_loss = row_loss_for(target, logits, None, B, S)
         device = x.device
         st = {name: stats[name].to(device, clean[name].dtype) for name in self.layers}
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        streams = InputStreams(seeds, device, "bottleneck")
         alphas = {name: torch.full_like(f, cfg.init_alpha).requires_grad_(True) for name, f in clean.items()}
         optimizer = torch.optim.Adam(list(alphas.values()), lr=cfg.lr)
         lams: dict[str, Tensor] = {}
@@ -197,7 +201,7 @@ class MultiIBA:
             def hook(module, args, output):
                 r_in = layer_tensor(output, name)
                 lam = lams[name].repeat_interleave(S, dim=0)
-                noise = torch.randn(r_in.shape, generator=generator, device=device, dtype=r_in.dtype)
+                noise = streams.randn(S, *r_in.shape[1:], dtype=r_in.dtype).flatten(0, 1)
                 z = noisy_features(r_in, lam, s.mean, s.std, noise) * s.active
                 if s.relu:
                     z = z.clamp_min(0)

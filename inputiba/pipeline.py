@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .adapters import MASK_STARTS, adapter_for
+from .adapters import MASK_STARTS, adapter_for, batch_chunks, gather_chunks
 from .estimation import FeatureStats, estimate_stats
 from .gan import GANConfig, GANResult, fit_gan
 from .hooks import channels_last_where_safe, conv_layout, cudnn_rnn_disabled, features_at, preserved_state
@@ -36,6 +36,7 @@ from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
 from .input_stage import (INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, TEXT_INPUT_PUBLISHED, fit_input_bottleneck,
                           input_attribution)
 from .io import atomic_path
+from .seeding import Seeds, input_seeds
 from .validation import check_finite, model_device, slice_targets
 
 __all__ = ["PRESETS", "preset_for", "InputIBAConfig", "SCHEDULES", "schedule", "InputIBAResult", "InputIBA"]
@@ -276,7 +277,7 @@ class InputIBA:
                                "estimate(loader) or load_stats(path) of a file saved by InputIBA")
 
     def attribute(self, inputs: Tensor, target: int | Sequence[int] | Tensor | None = None, *,
-                  loss_fn: LossFn | None = None, seed: int | None = None,
+                  loss_fn: LossFn | None = None, seed: Seeds = None,
                   return_stages: bool = False, progress: bool = False,
                   log_dir: str | os.PathLike | None = None,
                   input_model: nn.Module | None = None) -> Tensor | InputIBAResult:
@@ -287,7 +288,12 @@ class InputIBA:
                 ``(B, T)`` token ids).
             target: ``None`` (predicted class), an int, or one index per image.
             loss_fn: replaces the cross-entropy (see :meth:`IBA.attribute`).
-            seed: seed of every random draw, for reproducible masks.
+            seed: seed of every random draw, for reproducible masks: an int
+                (input ``i`` of the call gets ``input_seed(seed, i)``), one
+                seed per input, or ``None`` (drawn from the global generator).
+                Each input's stages draw from its own streams, so its masks
+                do not depend on the rest of its batch or on ``max_batch``
+                (:mod:`inputiba.seeding`).
             return_stages: return an :class:`InputIBAResult`.
             progress: show a progress bar over stages and batches.
             log_dir: write each stage's losses to TensorBoard there.
@@ -306,12 +312,13 @@ class InputIBA:
         check_finite(inputs)
         self._require_stats()
         inputs = inputs.to(model_device(self.model))
-        step = self.config.max_batch
-        starts = range(0, inputs.shape[0], step)
+        B = inputs.shape[0]
+        seeds = input_seeds(seed, B)
+        chunks = batch_chunks(self.adapter, inputs, self.config.max_batch)
         bar = writer = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=3 * len(starts), desc="InputIBA", unit="stage")
+            bar = tqdm(total=3 * len(chunks), desc="InputIBA", unit="stage")
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(os.fspath(log_dir))
@@ -321,11 +328,12 @@ class InputIBA:
             with preserved_state(self.model), preserved_state(second), cudnn_rnn_disabled(self.model), \
                     channels_last_where_safe([self.model, second], inputs):
                 inputs = conv_layout(inputs)
-                for k, start in enumerate(starts):
-                    sl = slice(start, start + step)
-                    part_target = slice_targets(target, sl, inputs.shape[0], loss_fn is not None)
-                    chunk_seed = None if seed is None else seed + 3 * k
-                    part = self._attribute_chunk(inputs[sl], part_target, loss_fn, chunk_seed, bar, second)
+                for k, (index, length) in enumerate(chunks):
+                    # images: consecutive runs, sliced (a view keeps the memory layout); texts: cut
+                    x = inputs[int(index[0]):int(index[-1]) + 1] if length is None else inputs[index, :length]
+                    part_target = slice_targets(target, index, B, loss_fn is not None)
+                    part = self._attribute_chunk(x, part_target, loss_fn, [seeds[i] for i in index.tolist()],
+                                                 bar, second)
                     if writer is not None:
                         _log_losses(writer, part, batch=k)
                     parts.append(part)
@@ -334,19 +342,16 @@ class InputIBA:
                 bar.close()
             if writer is not None:
                 writer.close()
-        result = parts[0] if len(parts) == 1 else _concat(parts)
+        result = _gather(parts, chunks, B, inputs.shape[1] if self.adapter.kind == "tokens" else None)
         return result if return_stages else result.mask
 
-    def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: int | None,
+    def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seeds: list[int],
                          bar, input_model: nn.Module) -> InputIBAResult:
-        def stage_seed(i):
-            return None if seed is None else seed + i
-
         cfg = self.config
         iba = self.feature_iba
         adapter = self.adapter
         clock = _StageClock(x.device)
-        feat = iba.attribute(x, target, loss_fn=loss_fn, seed=stage_seed(0), return_result=True)
+        feat = iba.attribute(x, target, loss_fn=loss_fn, seed=seeds, return_result=True)
         clock.lap("feature")
         _advance(bar, "feature")
 
@@ -359,7 +364,7 @@ class InputIBA:
         else:
             real_mask = feat.lam if cfg.gan.real_mask == "lambda" else feat.capacity
             gan = fit_gan(self.model, iba.layer, x, features, real_mask, start, cfg.gan,
-                          seed=stage_seed(1), layer_name=iba.layer_name, adapter=adapter)
+                          seed=seeds, layer_name=iba.layer_name, adapter=adapter)
             prior = gan.mask
         clock.lap("gan")
         _advance(bar, "GAN")
@@ -369,7 +374,7 @@ class InputIBA:
         input_adapter = adapter
         if input_model is not self.model and adapter.kind == "tokens":
             input_adapter = adapter_for(input_model, adapter.embedding_name, adapter.pad_index)
-        fit = fit_input_bottleneck(input_model, x, prior, row_loss, cfg.input, seed=stage_seed(2),
+        fit = fit_input_bottleneck(input_model, x, prior, row_loss, cfg.input, seed=seeds,
                                    adapter=input_adapter, stats=self.input_stats)
         clock.lap("input")
         _advance(bar, "input")
@@ -425,18 +430,35 @@ def _log_losses(writer, part: InputIBAResult, batch: int) -> None:
             writer.add_scalar(f"batch{batch}/{tag}", value, step)
 
 
-def _concat(parts: list[InputIBAResult]) -> InputIBAResult:
-    def cat(values, dim=0):
-        return None if values[0] is None else torch.cat(values, dim=dim)
+def _gather(parts: list[InputIBAResult], chunks, total: int, length: int | None) -> InputIBAResult:
+    """The results of :func:`~inputiba.adapters.batch_chunks`' batches, in the call's order.
 
-    feature = IBAResult(*(cat([getattr(p.feature, f) for p in parts], 1 if f == "losses" else 0)
-                          for f in ("saliency", "capacity", "lam", "alpha", "targets", "losses")))
-    gan = None if parts[0].gan is None else GANResult(
-        *(cat([getattr(p.gan, f) for p in parts], 1 if f.endswith("losses") else 0)
-          for f in ("mask", "mean", "std", "critic_losses", "generator_losses", "initial")))
-    fit = BottleneckFit(*(cat([getattr(p.input, f) for p in parts], 1 if f == "losses" else 0)
-                          for f in ("alpha", "lam", "capacity", "losses")))
+    Texts cut to their length are padded back to the call's ``length`` with
+    zeros in every per-position field.
+    """
+    if len(parts) == 1 and length in (None, parts[0].mask.shape[1]):
+        return parts[0]
+
+    def gather(values, per_position=True, batch_dim=0):
+        return gather_chunks(list(values), chunks, total, length if per_position else None, batch_dim)
+
+    def field(objects, name, **kw):
+        return gather((getattr(o, name) for o in objects), **kw)
+
+    feats = [p.feature for p in parts]
+    feature = IBAResult(field(feats, "saliency"), field(feats, "capacity"), field(feats, "lam"),
+                        field(feats, "alpha"), field(feats, "targets", per_position=False),
+                        field(feats, "losses", per_position=False, batch_dim=1))
+    gan = None
+    if parts[0].gan is not None:
+        gans = [p.gan for p in parts]
+        gan = GANResult(field(gans, "mask"), field(gans, "mean", per_position=False),
+                        field(gans, "std", per_position=False),
+                        field(gans, "critic_losses", per_position=False, batch_dim=1),
+                        field(gans, "generator_losses", per_position=False, batch_dim=1), field(gans, "initial"))
+    fits = [p.input for p in parts]
+    fit = BottleneckFit(field(fits, "alpha"), field(fits, "lam"), field(fits, "capacity"),
+                        field(fits, "losses", per_position=False, batch_dim=1))
     seconds = {k: sum(p.seconds[k] for p in parts) for k in parts[0].seconds}
-    return InputIBAResult(cat([p.mask for p in parts]), cat([p.feature_map for p in parts]),
-                          cat([p.gan_mask for p in parts]), cat([p.targets for p in parts]), feature, gan, fit,
-                          seconds)
+    return InputIBAResult(field(parts, "mask"), field(parts, "feature_map"), field(parts, "gan_mask"),
+                          field(parts, "targets", per_position=False), feature, gan, fit, seconds)

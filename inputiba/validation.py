@@ -133,8 +133,8 @@ def check_settings(settings: object, positive: Sequence[str] = (), non_negative:
             raise ValueError(f"{name} must be non-negative, got {getattr(settings, name)}")
 
 
-def slice_targets(target, sl: slice, batch_size: int, custom_loss: bool = False):
-    """The part of ``target`` that belongs to the inputs in ``sl`` of a batch.
+def slice_targets(target, sl: slice | Tensor, batch_size: int, custom_loss: bool = False):
+    """The part of ``target`` that belongs to the inputs ``sl`` (a slice or index tensor) of a batch.
 
     Tensors (and, for the default loss, sequences) with one entry per input
     are sliced; an int, ``None`` or anything else applies to every input. A
@@ -142,8 +142,11 @@ def slice_targets(target, sl: slice, batch_size: int, custom_loss: bool = False)
     loss's own.
     """
     if isinstance(target, Tensor):
-        return target[sl] if target.dim() > 0 and target.shape[0] == batch_size else target
+        if target.dim() > 0 and target.shape[0] == batch_size:
+            return target[sl.to(target.device) if isinstance(sl, Tensor) else sl]
+        return target
     if (not custom_loss and isinstance(target, Sequence) and not isinstance(target, str)
             and len(target) == batch_size):
-        return list(target)[sl]
+        items = list(target)
+        return [items[i] for i in sl.tolist()] if isinstance(sl, Tensor) else items[sl]
     return target

@@ -6,6 +6,7 @@ import torchvision
 
 from conftest import LeftHalfModel, TinyCNN, model_fingerprint
 from inputiba.gan import GANConfig
+from inputiba.seeding import input_seed
 from inputiba.pipeline import InputIBA, InputIBAConfig, InputIBAResult, schedule
 
 
@@ -57,7 +58,7 @@ def test_mask_concentrates_where_the_model_reads(left_half, critic):
     assert res.gan_mask.shape == (4, 1, 16, 16)
     assert res.mask.min() >= 0 and res.mask.max() <= 1
     left = res.mask[..., :8].sum((1, 2)) / res.mask.sum((1, 2))
-    assert left.min() > 0.75
+    assert left.mean() > 0.8 and left.min() > 0.6  # 0.5: no preference
 
 
 def test_rgb_end_to_end_deterministic_and_model_left_as_found(image_loader):
@@ -82,19 +83,27 @@ def _corr(a, b):
     return torch.stack([torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1] for u, v in zip(a, b)])
 
 
-def test_batch_matches_one_at_a_time(left_half):
-    # batched and single runs draw different noise, so they can agree only as
-    # well as two single runs with different seeds do; per-input independence
-    # itself is tested exactly for the critics and the bottleneck
+@pytest.mark.parametrize("critic", ["clip", None])
+def test_an_inputs_masks_do_not_depend_on_its_batch(left_half, critic):
+    # per-input seeds: the batch, its size and the input's position change nothing but float rounding
     model, data = left_half
-    att = InputIBA(model, "conv", _short())
+    cfg = _short(critic) if critic else _short()
+    if critic is None:
+        cfg.gan = None
+    att = InputIBA(model, "conv", cfg)
     att.estimate(data)
     x = torch.randn(3, 1, 16, 16)
-    batched = att.attribute(x, seed=0)
-    single = torch.cat([att.attribute(x[i:i + 1], seed=10 + i) for i in range(3)])
-    other_seed = torch.cat([att.attribute(x[i:i + 1], seed=20 + i) for i in range(3)])
-    assert _corr(batched, single).mean() > _corr(single, other_seed).mean() - 0.1
-    assert _corr(batched, single).min() > 0.6
+    batched = att.attribute(x, seed=0, return_stages=True)
+    single = [att.attribute(x[i:i + 1], seed=[input_seed(0, i)], return_stages=True) for i in range(3)]
+    reordered = att.attribute(x.flip(0), seed=[input_seed(0, i) for i in (2, 1, 0)], return_stages=True)
+    for name in ("mask", "gan_mask", "feature_map"):
+        one = torch.cat([getattr(r, name) for r in single])
+        torch.testing.assert_close(getattr(batched, name), one, rtol=0, atol=1e-5)
+        torch.testing.assert_close(getattr(reordered, name).flip(0), one, rtol=0, atol=1e-5)
+    att.config.max_batch = 2
+    torch.testing.assert_close(att.attribute(x, seed=0), batched.mask, rtol=0, atol=1e-5)
+    # and the seed does matter
+    assert (att.attribute(x, seed=1) - batched.mask).abs().max() > 0.05
 
 
 def test_chunks_and_tensorboard_logging(left_half, tmp_path):
@@ -185,9 +194,13 @@ def test_default_schedule_concentrates_where_the_model_reads(left_half):
     att.estimate(data)
     res = att.attribute(torch.randn(4, 1, 16, 16), seed=0, return_stages=True)
     # the prior rises above its floor (0.5: no information) only on the left
-    for heat in (res.mask, res.gan_mask[:, 0] - res.gan_mask.amin((1, 2, 3)).view(-1, 1, 1)):
-        left = heat[..., :8].sum((1, 2)) / heat.sum((1, 2))
-        assert left.min() > 0.85
+    prior = res.gan_mask[:, 0] - res.gan_mask.amin((1, 2, 3)).view(-1, 1, 1)
+    left = prior[..., :8].sum((1, 2)) / prior.sum((1, 2))
+    assert left.min() > 0.9
+    # the final mask follows it (half the mass would be no preference; over seeds the
+    # least concentrated of these four inputs keeps 0.69 .. 0.91 on the left)
+    left = res.mask[..., :8].sum((1, 2)) / res.mask.sum((1, 2))
+    assert left.mean() > 0.85 and left.min() > 0.6
 
 
 def test_masks_are_stable_across_seeds(left_half):

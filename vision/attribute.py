@@ -17,6 +17,12 @@ Examples::
     # two processes, each taking every second image
     torchrun --nproc_per_node 2 vision/attribute.py images/ --arch vgg16 --weights hub
 
+With ``--seed``, an image's maps depend on the image, its target, the
+settings and the seed only: its noise is seeded from the seed and the image's
+path relative to the input folder (:mod:`inputiba.seeding`), so the batch
+size, the other images, ``torchrun`` ranks and resuming change nothing but
+float rounding.
+
 The ``.npz`` holds ``feature_map`` (bits per pixel) for both methods, and
 ``gan_mask`` (``lambda_G`` averaged over channels) and ``mask`` (InputIBA's
 attribution in [0, 1]) for InputIBA, plus ``target``.
@@ -31,7 +37,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from inputiba import IBA, InputIBA
+from inputiba import IBA, InputIBA, input_seed
 from inputiba.config import load_config
 from inputiba.datasets import fashion_mnist_transform
 from inputiba.io import distributed_rank, save_npz, shard
@@ -198,7 +204,7 @@ def _run(args, rank: int, world: int) -> int:
             target = None
         else:
             target = int(args.target)
-        seed = args.seed + k
+        seed = [input_seed(args.seed, rel.as_posix()) for rel in batch]  # keyed by file: resumable
         if args.method == "iba":
             res = attributor.attribute(x, target, seed=seed, return_result=True)
             maps = {"feature_map": res.saliency}

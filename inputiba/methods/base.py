@@ -75,6 +75,11 @@ class AttributionMethod:
     modality: str = "image"
     #: The padding id of token inputs.
     pad_index: int = 0
+    #: Whether ``seed`` may be one seed per input (each input then draws from
+    #: its own stream, :mod:`inputiba.seeding`); the harness passes the
+    #: samples' keys to such methods. Methods without it draw the same
+    #: random values for every input (or none), so a plain seed suffices.
+    per_input_seeds: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
         check_model(model)

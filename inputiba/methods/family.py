@@ -21,6 +21,7 @@ from ..iba import IBAConfig
 from ..information import ActivationPrior, information_map
 from ..multi import MultiIBA
 from ..readout import ReadoutBottleneck, ReadoutConfig
+from ..seeding import Seeds
 from .base import AttributionMethod, register
 
 __all__ = ["ReadoutIBAMethod", "MultiIBAMethod", "InformationMethod", "default_layers"]
@@ -101,14 +102,17 @@ class MultiIBAMethod(AttributionMethod):
     Args:
         layers: dotted names or modules (default: the last two convolutions).
         config: an :class:`~inputiba.iba.IBAConfig` shared by the layers.
-        seed: seed of the bottleneck noise; ``None`` draws fresh noise.
+        seed: seed of the bottleneck noise: an int (input ``i`` of a call
+            gets ``input_seed(seed, i)``), one seed per input, or ``None``
+            (fresh noise); see :mod:`inputiba.seeding`.
         **overrides: fields of the config.
     """
 
     unit = "bits per pixel (>= 0)"
+    per_input_seeds = True
 
     def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | None = None,
-                 config: IBAConfig | None = None, seed: int | None = 0, **overrides) -> None:
+                 config: IBAConfig | None = None, seed: Seeds = 0, **overrides) -> None:
         super().__init__(model)
         self.multi = MultiIBA(model, default_layers(model) if layers is None else layers, config, **overrides)
         self.seed = seed

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..estimation import FeatureStats
 from ..iba import IBA, IBAConfig
 from ..pipeline import InputIBA, InputIBAConfig, preset_for
+from ..seeding import Seeds
 from .base import AttributionMethod, register
 
 __all__ = ["IBAMethod", "InputIBAMethod"]
@@ -54,7 +55,9 @@ class IBAMethod(AttributionMethod):
         layer: dotted name or module; ``None`` takes the preset of the
             model's family (:data:`inputiba.pipeline.PRESETS`).
         config: an :class:`~inputiba.iba.IBAConfig` (published defaults).
-        seed: seed of the bottleneck noise; ``None`` draws fresh noise.
+        seed: seed of the bottleneck noise: an int (input ``i`` of a call
+            gets ``input_seed(seed, i)``), one seed per input, or ``None``
+            (fresh noise); see :mod:`inputiba.seeding`.
         input_layer: the embedding layer of a text classifier: the method
             then explains ``(B, T)`` token ids, in bits per token.
         pad_index: padding id of the token ids (default: the embedding's).
@@ -64,9 +67,10 @@ class IBAMethod(AttributionMethod):
     """
 
     unit = "bits per pixel (>= 0)"
+    per_input_seeds = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 config: IBAConfig | None = None, seed: int | None = 0, *,
+                 config: IBAConfig | None = None, seed: Seeds = 0, *,
                  input_layer: str | nn.Module | None = None, pad_index: int | None = None,
                  stats: FeatureStats | str | os.PathLike | None = None, **overrides) -> None:
         super().__init__(model)
@@ -106,7 +110,9 @@ class InputIBAMethod(AttributionMethod):
             preset (text: the model's ``feature_layer``).
         config: an :class:`~inputiba.pipeline.InputIBAConfig` (default: the
             library's schedule; ``InputIBAConfig.published()`` is the paper's).
-        seed: seed of every random draw; ``None`` draws fresh ones.
+        seed: seed of every random draw: an int (input ``i`` of a call
+            gets ``input_seed(seed, i)``), one seed per input, or ``None``
+            (fresh draws); see :mod:`inputiba.seeding`.
         input_layer: the embedding layer of a text classifier: the method
             then explains ``(B, T)`` token ids, one score per token.
         pad_index: padding id of the token ids (default: the embedding's).
@@ -115,9 +121,10 @@ class InputIBAMethod(AttributionMethod):
     """
 
     unit = "[0, 1] input mask"
+    per_input_seeds = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None,
-                 config: InputIBAConfig | None = None, seed: int | None = 0, *,
+                 config: InputIBAConfig | None = None, seed: Seeds = 0, *,
                  input_layer: str | nn.Module | None = None, pad_index: int | None = None,
                  stats: str | os.PathLike | None = None) -> None:
         super().__init__(model)

@@ -5,7 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from ..hooks import LayerNotReached, forward_hooks
-from .base import AttributionMethod, generator, layer_name, register, spatial_output, upsample
+from ..seeding import InputStreams, Seeds, input_seeds
+from .base import AttributionMethod, layer_name, register, spatial_output, upsample
 
 __all__ = ["Random", "LinearApproximation"]
 
@@ -14,22 +15,24 @@ __all__ = ["Random", "LinearApproximation"]
 class Random(AttributionMethod):
     """The random baseline: uniform noise in ``[0, 1)``, independent of the model.
 
-    Each image of a call gets its own draw, from a generator seeded with
-    ``seed``: the same batch gives the same maps. ``(B, H, W)``, no unit.
+    Each image gets its own draw from its own stream (:mod:`inputiba.seeding`),
+    so its map does not depend on the rest of the batch. ``(B, H, W)``, no unit.
 
     Args:
-        seed: seed of the draws; ``None`` draws fresh noise at every call.
+        seed: an int (input ``i`` of a call gets ``input_seed(seed, i)``), one
+            seed per input, or ``None`` (fresh noise at every call).
     """
 
     unit = "uniform noise in [0, 1) (no meaning)"
+    per_input_seeds = True
 
-    def __init__(self, model: nn.Module, seed: int | None = 0) -> None:
+    def __init__(self, model: nn.Module, seed: Seeds = 0) -> None:
         super().__init__(model)
         self.seed = seed
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         B, _, H, W = x.shape
-        return torch.rand((B, H, W), generator=generator(self.seed)).to(device=x.device, dtype=x.dtype)
+        return InputStreams(input_seeds(self.seed, B), "cpu").rand(H, W).to(device=x.device, dtype=x.dtype)
 
 
 def layer_activation_and_gradient(model: nn.Module, layer: str, x: Tensor,
