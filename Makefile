@@ -1,12 +1,14 @@
 # Two entry points for a fresh machine; both create (or reuse) one virtual environment.
 #   make demo   - set up, then explain a bundled image with IBA (PNG + .npy in outputs/demo)
-#   make test   - set up, then run the test suite
+#   make test   - set up (the Fashion-MNIST data set included), then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test
+FASHION := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test
 
 $(STAMP): pyproject.toml setup.py requirements-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +21,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m inputiba demo
 
-test: setup
+# the real data some tests train and evaluate on: Debian's package (as root; otherwise install it yourself)
+data:
+	@test -d $(FASHION) || apt-get install -y dataset-fashion-mnist || \
+		echo "warning: could not install dataset-fashion-mnist; the tests that need it will be skipped"
+
+test: setup data
 	$(PY) -m ruff check --select F,E9 .
 	$(PY) -m pytest

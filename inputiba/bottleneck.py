@@ -1,6 +1,6 @@
 """The bottleneck's mathematics, as pure functions over tensors.
 
-Every formula of the per-sample bottleneck lives here once (REFERENCE.md §1):
+Every formula of the per-sample bottleneck (Schulz et al., ICLR 2020, §3.1) lives here once:
 the capacity (a KL divergence in nats), the Gaussian smoothing of the mask,
 the noisy features, and the conversion of a capacity to a saliency map in bits
 per pixel. Nothing here holds state; the stages import these functions.

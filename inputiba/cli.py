@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from .io import run_command
+
 __all__ = ["main", "run_demo"]
 
 
@@ -81,6 +83,7 @@ def run_demo(out_dir: str | os.PathLike = "outputs/demo", indices: Sequence[int]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inputiba", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="explain the bundled example canvases with InputIBA and IBA")
     demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
@@ -112,14 +115,17 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``inputiba`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
-    try:
-        {"demo": _demo, "evaluate": _evaluate}[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"inputiba: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Entry point of the ``inputiba`` command; returns the exit status.
+
+    Mistakes (a bad configuration, a missing file, an unknown method) are
+    reported in one line with exit status 2; ``--debug`` shows the traceback.
+    """
+    def run(args: list[str]) -> int:
+        parsed = _parser().parse_args(args)
+        {"demo": _demo, "evaluate": _evaluate}[parsed.command](parsed)
+        return 0
+
+    return run_command(run, argv, "inputiba")
 
 
 if __name__ == "__main__":

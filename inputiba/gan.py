@@ -22,7 +22,7 @@ The critics are one network of grouped convolutions (one group per input), so
 all of them run in one call; the losses are sums of per-input terms and the
 optimisers work per element, so the inputs do not influence each other.
 
-Choices, relative to the original code (REFERENCE.md §3):
+Choices, relative to the InputIBA authors' code (Zhang et al., NeurIPS 2021):
 
 - ``K`` is the feature stage's ``lambda = sigmoid(alpha)`` by default, the
   mask the bottleneck applied; the original used the capacity (nats, not in

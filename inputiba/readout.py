@@ -4,7 +4,7 @@ A small network, trained once over a dataset, predicts the bottleneck's mask
 logits ``alpha`` from the model's own feature maps, so that an attribution
 costs one forward pass instead of a per-sample optimisation.
 
-Training, per batch (REFERENCE.md §2):
+Training, per batch (Schulz et al., 2020, §3.2, and the authors' released code):
 
 1. a no-grad pass records the readout layers' outputs with forward hooks (and
    the bottleneck layer's features ``R`` and the logits);

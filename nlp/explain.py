@@ -24,6 +24,13 @@ has the published input stage (a mask per token and embedding dimension,
 beta 30 on the mean over all elements), which keeps every token of a short
 review near 0.01 (``benchmarks/RESULTS.md``). Terminal colours are relative
 to each text's largest score; the JSON and the HTML tooltips hold the values.
+
+A text without a single token is reported in one line (and recorded in
+``failures.jsonl`` beside ``--json``/``--html``), the others are explained,
+and the exit status is 1. Mistakes in the call end it with a one-line error
+and exit status 2 (``--debug`` shows the traceback). Each text's noise is
+seeded from ``--seed`` and its index among the texts given, so its scores do
+not depend on the other texts.
 """
 from __future__ import annotations
 
@@ -34,12 +41,13 @@ from pathlib import Path
 
 import torch
 
-from inputiba import IBA, InputIBA
+from inputiba import IBA, InputIBA, input_seed
 from inputiba.pipeline import SCHEDULES, schedule
 from inputiba.datasets import imdb, rotten_tomatoes, synthetic_sentiment
-from inputiba.io import atomic_path
+from inputiba.io import FailureLog, UsageError, atomic_path, run_command, writable_folder
 from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
-from inputiba.text import TokenScores, check_vocabulary, encode_batch, render_html, render_terminal, scores_to_json
+from inputiba.text import (TokenScores, check_vocabulary, encode_batch, render_html, render_terminal, scores_to_json,
+                           tokenize)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="print nothing to the terminal")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
 
@@ -80,7 +89,7 @@ def read_texts(args) -> list[str]:
         lines = sys.stdin.read().splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
-        sys.exit("no text to explain: give texts as arguments, --file, or on standard input")
+        raise UsageError("no text to explain: give texts as arguments, --file, or on standard input")
     return texts
 
 
@@ -92,7 +101,7 @@ def resolve_target(target: str, classes: list[str], n: int):
     try:
         return int(target)
     except ValueError:
-        sys.exit(f"--target {target!r} is neither 'predicted', a class index nor one of {classes}")
+        raise UsageError(f"--target {target!r} is neither 'predicted', a class index nor one of {classes}")
 
 
 def build_explainer(args, checkpoint):
@@ -113,7 +122,7 @@ def build_explainer(args, checkpoint):
         return explainer
     stats = Path(args.stats) if args.stats else _default_stats(args.checkpoint)
     if not stats.is_file():
-        sys.exit(f"no statistics at {stats}: give --stats or --estimate-from")
+        raise UsageError(f"no statistics at {stats}: give --stats or --estimate-from")
     explainer.load_stats(stats)
     return explainer
 
@@ -123,24 +132,40 @@ def _default_stats(checkpoint: str | None) -> Path:
     return path.with_name(path.stem + "_stats.pt")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    for path in (args.html, args.json):
+        if path:
+            writable_folder(Path(path).resolve().parent, f"folder of {path}")
     checkpoint = load_text_classifier(args.checkpoint)
     check_vocabulary(checkpoint.model, checkpoint.vocab)
     texts = read_texts(args)
-    try:
-        ids, tokens = encode_batch(texts, checkpoint.vocab, args.max_length)
-    except ValueError as err:
-        sys.exit(str(err))
+    report = args.json or args.html
+    failures = FailureLog(Path(report).resolve().parent) if report else None
+    kept = []
+    for i, text in enumerate(texts):  # a text without a single token is reported, the rest explained
+        if tokenize(text):
+            kept.append(i)
+            if failures is not None:
+                failures.clear(f"text:{i}")
+        else:
+            print(f"failed text {i} ({text[:40]!r}): it holds no token to explain", file=sys.stderr)
+            if failures is not None:
+                failures.record(f"text:{i}", "it holds no token to explain")
+    n_failed = len(texts) - len(kept)
+    if not kept:
+        raise UsageError(f"none of the {len(texts)} texts holds a token to explain")
+    ids, tokens = encode_batch([texts[i] for i in kept], checkpoint.vocab, args.max_length)
     explainer = build_explainer(args, checkpoint)
-    target = resolve_target(args.target, checkpoint.classes, len(texts))
+    target = resolve_target(args.target, checkpoint.classes, len(kept))
     ids = ids.to(args.device)
     with torch.no_grad():
         probs = torch.softmax(checkpoint.model(ids), dim=1)
-    targets = probs.argmax(1) if target is None else torch.full((len(texts),), target, device=ids.device)
+    targets = probs.argmax(1) if target is None else torch.full((len(kept),), target, device=ids.device)
     if int(targets.max()) >= probs.shape[1] or int(targets.min()) < 0:
-        sys.exit(f"--target {args.target} is out of range for {probs.shape[1]} classes")
-    scores = explainer.attribute(ids, target=targets, seed=args.seed)
+        raise UsageError(f"--target {args.target} is out of range for {probs.shape[1]} classes")
+    # each text's seed from its index among the texts given: dropping a failed one changes no other
+    scores = explainer.attribute(ids, target=targets, seed=[input_seed(args.seed, i) for i in kept])
     items = [TokenScores(tok, scores[i, : len(tok)].tolist(), checkpoint.classes[int(targets[i])],
                          float(probs[i, targets[i]]))
              for i, tok in enumerate(tokens)]
@@ -154,7 +179,12 @@ def main(argv=None) -> None:
     if args.json:
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(scores_to_json(items), encoding="utf-8")
+    if n_failed:
+        where = f" (see {failures.path})" if failures is not None else ""
+        print(f"{len(kept)} explained, {n_failed} failed{where}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, None, "explain.py"))

@@ -327,7 +327,15 @@ def test_train_then_explain_end_to_end(tmp_path):
     assert "superb" in html.read_text() and "superb" in done.stdout
 
     done = run_script("explain.py", "--checkpoint", str(out), "<br />")
-    assert done.returncode != 0 and "text 0 is empty" in done.stderr
+    assert done.returncode == 2 and "none of the 1 texts holds a token" in done.stderr
+    assert "Traceback" not in done.stderr
+    # one empty text among good ones: the rest is explained, the failure recorded, exit status 1
+    done = run_script("explain.py", "--checkpoint", str(out), "--json", str(tmp_path / "two.json"),
+                      "the film was superb", "<br />")
+    assert done.returncode == 1 and "1 explained, 1 failed" in done.stderr
+    assert [it["tokens"] for it in json.loads((tmp_path / "two.json").read_text())] == \
+        [["the", "film", "was", "superb"]]
+    assert json.loads((tmp_path / "failures.jsonl").read_text())["key"] == "text:1"
 
 
 def test_train_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):

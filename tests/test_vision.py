@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import re
 import socket
 import subprocess
@@ -129,3 +130,113 @@ def _short_config(tmp_path):
     path = tmp_path / "short.toml"
     path.write_text("gan = false\n[input]\nsteps = 5\n")
     return path
+
+
+@pytest.fixture
+def messy(tmp_path):
+    """Three good PNGs, a truncated PNG and a text file named like an image."""
+    folder = tmp_path / "messy"
+    folder.mkdir()
+    images = bundled_samples()[0]
+    for i in range(3):
+        Image.fromarray(images[i, 0].numpy()).save(folder / f"good{i}.png")
+    data = (folder / "good0.png").read_bytes()
+    (folder / "trunc.png").write_bytes(data[: len(data) // 2])
+    (folder / "text.png").write_text("not an image")
+    return folder
+
+
+def test_bad_files_are_skipped_recorded_and_retried_on_request(messy, tmp_path, capsys):
+    script = _script()
+    out = tmp_path / "out"
+    args = _fashion_args(messy, out, "--method", "iba")
+    assert script.main(args) == 1
+    err = capsys.readouterr().err
+    assert "failed text.png" in err and "failed trunc.png" in err
+    assert sorted(p.name for p in out.rglob("*.npz")) == ["good0.npz", "good1.npz", "good2.npz"]
+    records = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in records) == ["text.png", "trunc.png"]
+    # a resume skips them (and says so); --retry-failed tries again and clears what now works
+    assert script.main(args) == 1
+    assert "2 failed before" in capsys.readouterr().out
+    images = bundled_samples()[0]
+    Image.fromarray(images[5, 0].numpy()).save(messy / "trunc.png")
+    (messy / "text.png").unlink()
+    Image.fromarray(images[6, 0].numpy()).save(messy / "text.png")
+    assert script.main(args + ["--retry-failed"]) == 0
+    assert (out / "failures.jsonl").read_text() == ""
+    assert len(list(out.rglob("*.npz"))) == 5
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layer", "features.99"], "has no layer named 'features.99'"),
+    (["--weights", "JUNK"], "not a PyTorch checkpoint"),
+    (["--arch", "nonet"], "unknown architecture 'nonet'"),
+    (["--out", "FILE/sub"], "cannot write to the output folder"),
+])
+def test_user_mistakes_are_one_line_errors(tree, tmp_path, extra, message):
+    (tmp_path / "junk.pt").write_text("junk")
+    (tmp_path / "file").write_text("a file, not a folder")
+    extra = [e.replace("JUNK", str(tmp_path / "junk.pt")).replace("FILE", str(tmp_path / "file")) for e in extra]
+    args = [sys.executable, str(SCRIPT), *_fashion_args(tree, tmp_path / "out", "--method", "iba")]
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("attribute.py: error:")
+    debug = subprocess.run(args + ["--debug"], capture_output=True, text=True, timeout=120)
+    assert "Traceback" in debug.stderr
+
+
+def test_killed_runs_resume_without_loss_or_change(tree, tmp_path):
+    # fault injection: SIGKILL at random points, resume each time, compare with an uninterrupted run
+    import random
+    import signal
+    import time
+
+    config = _short_config(tmp_path)
+    stats = tmp_path / "stats.pt"
+    base = [sys.executable, str(SCRIPT)]
+
+    def args(out, batch):
+        a = _fashion_args(tree, out, "--config", str(config), "--stats", str(stats))
+        a[a.index("--batch-size") + 1] = str(batch)
+        return base + a
+
+    reference = subprocess.run(args(tmp_path / "ref", 4), capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    rng = random.Random(0)
+    out = tmp_path / "killed"
+    kills = 0
+    for _ in range(8):
+        proc = subprocess.Popen(args(out, 1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # wait until this run has written something (or a random moment), then kill it
+        deadline = time.time() + 60
+        before = len(list(out.rglob("*.npz")))
+        wait_for = rng.randint(0, 1)
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(out.rglob("*.npz"))) > before + wait_for:
+                time.sleep(rng.uniform(0, 0.3))
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if proc.returncode == 0:
+            break
+    assert kills >= 2
+    final = subprocess.run(args(out, 1), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    expected = sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref").rglob("*.npz"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*.npz") if not p.name.startswith(".")) == expected
+    for rel in expected:
+        a, b = np.load(tmp_path / "ref" / rel), np.load(out / rel)
+        for key in ("feature_map", "gan_mask", "mask", "target"):
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5, err_msg=f"{rel} {key}")
+        assert (out / rel).with_suffix(".png").stat().st_size > 1000

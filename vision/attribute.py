@@ -17,6 +17,15 @@ Examples::
     # two processes, each taking every second image
     torchrun --nproc_per_node 2 vision/attribute.py images/ --arch vgg16 --weights hub
 
+An image that cannot be read or explained (truncated, not an image, of
+another size than the rest under ``--preprocess none``) is skipped with one
+line saying why and recorded in ``<out>/failures.jsonl``; the rest completes,
+and the exit status is 1 with a summary (``14 written, 2 failed``). A resumed
+run skips recorded failures unless ``--retry-failed``. Mistakes in the call
+(unknown architecture or layer, weights that do not fit, an output folder
+that cannot be written, an empty folder) stop it at once with a one-line
+error and exit status 2; ``--debug`` shows the traceback.
+
 With ``--seed``, an image's maps depend on the image, its target, the
 settings and the seed only: its noise is seeded from the seed and the image's
 path relative to the input folder (:mod:`inputiba.seeding`), so the batch
@@ -31,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -40,7 +51,7 @@ from torchvision import transforms
 from inputiba import IBA, InputIBA, input_seed
 from inputiba.config import load_config
 from inputiba.datasets import fashion_mnist_transform
-from inputiba.io import distributed_rank, save_npz, shard
+from inputiba.io import FailureLog, distributed_rank, run_command, save_npz, shard, writable_folder
 from inputiba.models import FASHION_CNN_LAYER, load_model
 from inputiba.pipeline import SCHEDULES, preset_for, schedule
 from inputiba.plotting import plot_panels
@@ -78,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="images attributed together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bar over the stages")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retry the images an earlier run recorded in failures.jsonl (default: skip them)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
 
@@ -129,6 +143,55 @@ def load_images(folder: Path, files: list[Path], transform) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+def _readable_batches(folder: Path, files: list[Path], transform, size: int = 32):
+    """Batches of the images that load, one batch in memory at a time, for the statistics.
+
+    Unreadable images, and images whose preprocessed size is not the most
+    common one (possible with ``--preprocess none``), are left out, each with
+    one line on standard error; the attribution then records them.
+    """
+    common = _common_size(folder, files, transform)
+    batch = []
+    for rel in files:
+        try:
+            image = load_images(folder, [rel], transform)[0]
+        except Exception as err:
+            print(f"statistics: skipped {rel}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            continue
+        if tuple(image.shape) != common:
+            print(f"statistics: skipped {rel}: shape {tuple(image.shape)} after preprocessing, not "
+                  f"{common} as most images", file=sys.stderr, flush=True)
+            continue
+        batch.append(image)
+        if len(batch) == size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+    if common is None:
+        raise ValueError(f"none of the {len(files)} images for the statistics could be read")
+
+
+def _common_size(folder: Path, files: list[Path], transform) -> tuple[int, ...] | None:
+    """The most common shape of the images after ``transform`` (``None``: none could be read).
+
+    Shapes are predicted from the image headers on a blank image of that size,
+    so nothing is decoded twice.
+    """
+    shapes: Counter = Counter()
+    mode_l = any(isinstance(t, transforms.Grayscale) for t in transform.transforms)
+    for rel in files:
+        try:
+            with Image.open(folder / rel) as img:
+                shapes[img.size] += 1
+        except Exception:
+            continue
+    if not shapes:
+        return None
+    size = shapes.most_common(1)[0][0]
+    return tuple(transform(Image.new("L" if mode_l else "RGB", size)).shape)
+
+
 def outputs_for(out: Path, rel: Path) -> tuple[Path, Path]:
     stem = out / rel.with_suffix("")
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".png")
@@ -157,9 +220,7 @@ def prepare_stats(args, attributor, root: Path, transform, rank: int, world: int
         source = Path(args.estimate_from) if args.estimate_from else root
         est_files = list_images(source)[: args.estimate_samples]
         base = source if source.is_dir() else source.parent
-        # a generator: one batch of images in memory at a time
-        batches = (load_images(base, est_files[i:i + 32], transform) for i in range(0, len(est_files), 32))
-        attributor.estimate(batches, n_samples=args.estimate_samples)
+        attributor.estimate(_readable_batches(base, est_files, transform), n_samples=args.estimate_samples)
         attributor.save_stats(stats_path)
     if world > 1:
         torch.distributed.barrier()
@@ -182,46 +243,89 @@ def main(argv=None) -> int:
 def _run(args, rank: int, world: int) -> int:
     torch.manual_seed(args.seed)
     root = Path(args.inputs)
-    out = Path(args.out)
+    out = Path(writable_folder(args.out))
     files = list_images(root)
     base = root if root.is_dir() else root.parent
     classes = folder_classes(files) if args.target == "folder" else None
     mine = shard(files, rank, world)
+    failures = FailureLog(out, rank, world)
+    failed_before = set() if args.retry_failed else failures.keys()
     todo = [f for f in mine if not all(p.is_file() for p in outputs_for(out, f))]
-    print(f"rank {rank}/{world}: {len(mine)} images, {len(mine) - len(todo)} already done", flush=True)
+    skipped = [f for f in todo if f.as_posix() in failed_before]
+    todo = [f for f in todo if f.as_posix() not in failed_before]
+    print(f"rank {rank}/{world}: {len(mine)} images, {len(mine) - len(todo) - len(skipped)} already done"
+          + (f", {len(skipped)} failed before (--retry-failed retries them)" if skipped else ""), flush=True)
 
     model = load_model(args.arch, args.weights, args.num_classes).to(args.device)
     transform = build_transform(args)
     attributor = make_attributor(args, model)
     prepare_stats(args, attributor, root, transform, rank, world)
 
+    written = failed = 0
     for k in range(0, len(todo), args.batch_size):
-        batch = todo[k:k + args.batch_size]
-        x = load_images(base, batch, transform).to(args.device)
-        if classes is not None:
-            target = [classes[f.parts[0]] for f in batch]
-        elif args.target == "predicted":
-            target = None
-        else:
-            target = int(args.target)
-        seed = [input_seed(args.seed, rel.as_posix()) for rel in batch]  # keyed by file: resumable
-        if args.method == "iba":
-            res = attributor.attribute(x, target, seed=seed, return_result=True)
-            maps = {"feature_map": res.saliency}
-        else:
-            res = attributor.attribute(x, target, seed=seed, return_stages=True, progress=args.progress)
-            maps = {"feature_map": res.feature_map, "gan_mask": res.gan_mask.mean(dim=1), "mask": res.mask}
-        for i, rel in enumerate(batch):
-            npz, png = outputs_for(out, rel)
-            save_npz(npz, target=res.targets[i], **{k: v[i] for k, v in maps.items()})
-            panels = {"IBA (feature stage)": (maps["feature_map"][i], "bits per pixel")}
-            if args.method == "inputiba":
-                panels["prior lambda_G"] = (maps["gan_mask"][i], "mask")
-                panels["InputIBA"] = (maps["mask"][i], "mask")
-            plot_panels(x[i], panels, png, title=f"{rel} (class {int(res.targets[i])})")
-            print(f"rank {rank}: wrote {rel}", flush=True)
-    return 0
+        loaded = []
+        for rel in todo[k:k + args.batch_size]:
+            try:
+                loaded.append((rel, load_images(base, [rel], transform)[0]))
+            except Exception as err:  # one unreadable file never sinks the run
+                failed += _fail(failures, rel, err, rank, args.debug)
+        try:
+            done = _attribute_and_write(args, attributor, classes, out, loaded, rank, failures)
+        except Exception:  # find the culprit: each image alone (per-image seeds: the same maps)
+            done = 0
+            for item in loaded:
+                try:
+                    done += _attribute_and_write(args, attributor, classes, out, [item], rank, failures)
+                except Exception as err:
+                    failed += _fail(failures, item[0], err, rank, args.debug)
+        written += done
+    print(f"rank {rank}: {written} written, {failed} failed"
+          + (f", {len(skipped)} skipped as failed before" if skipped else "")
+          + (f" (see {failures.path})" if failed or skipped else ""), flush=True)
+    return 1 if failed or skipped else 0
+
+
+def _fail(failures: FailureLog, rel: Path, err: Exception, rank: int, debug: bool) -> int:
+    """Record and report one image that could not be explained; returns 1."""
+    failures.record(rel.as_posix(), err)
+    print(f"rank {rank}: failed {rel}: {failures.records[rel.as_posix()]['error']}", file=sys.stderr, flush=True)
+    if debug:
+        traceback.print_exception(err)
+    return 1
+
+
+def _attribute_and_write(args, attributor, classes, out: Path, loaded: list, rank: int,
+                         failures: FailureLog) -> int:
+    """Explain the loaded ``(relative path, image)`` pairs together; write each one's files."""
+    if not loaded:
+        return 0
+    batch = [rel for rel, _ in loaded]
+    x = torch.stack([image for _, image in loaded]).to(args.device)
+    if classes is not None:
+        target = [classes[f.parts[0]] for f in batch]
+    elif args.target == "predicted":
+        target = None
+    else:
+        target = int(args.target)
+    seed = [input_seed(args.seed, rel.as_posix()) for rel in batch]  # keyed by file: resumable
+    if args.method == "iba":
+        res = attributor.attribute(x, target, seed=seed, return_result=True)
+        maps = {"feature_map": res.saliency}
+    else:
+        res = attributor.attribute(x, target, seed=seed, return_stages=True, progress=args.progress)
+        maps = {"feature_map": res.feature_map, "gan_mask": res.gan_mask.mean(dim=1), "mask": res.mask}
+    for i, rel in enumerate(batch):
+        npz, png = outputs_for(out, rel)
+        save_npz(npz, target=res.targets[i], **{k: v[i] for k, v in maps.items()})
+        panels = {"IBA (feature stage)": (maps["feature_map"][i], "bits per pixel")}
+        if args.method == "inputiba":
+            panels["prior lambda_G"] = (maps["gan_mask"][i], "mask")
+            panels["InputIBA"] = (maps["mask"][i], "mask")
+        plot_panels(x[i], panels, png, title=f"{rel} (class {int(res.targets[i])})")
+        failures.clear(rel.as_posix())
+        print(f"rank {rank}: wrote {rel}", flush=True)
+    return len(batch)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, None, "attribute.py"))
