@@ -76,6 +76,13 @@ class GANConfig:
             original's choice) as ``K`` in the real samples.
         noise_mean_range: ``m ~ U(-range, range)`` of the real samples' noise.
         noise_std_max: ``s ~ U(0, max)`` of the real samples' noise.
+        max_rows: fake samples (over all inputs of the batch) run through the
+            network at once. The stage's peak memory is about ``max_rows``
+            times the activations of the network up to the layer, with their
+            gradients, whatever the batch size and ``batch_size``: the
+            generator's gradient is taken at the features once and carried
+            back through the network chunk by chunk (exact; the fakes' network
+            pass is run once more). At least one sample per input runs at once.
     """
 
     n_samples: int = 200
@@ -93,6 +100,7 @@ class GANConfig:
     real_mask: str = "lambda"
     noise_mean_range: float = 2.0
     noise_std_max: float = 5.0
+    max_rows: int = 64
 
     def __post_init__(self) -> None:
         if self.critic not in ("clip", "gp"):
@@ -100,7 +108,7 @@ class GANConfig:
         if self.real_mask not in ("lambda", "capacity"):
             raise ValueError(f"real_mask must be 'lambda' or 'capacity', got {self.real_mask!r}")
         check_settings(self, positive=("n_samples", "epochs", "batch_size", "critic_steps", "critic_width",
-                                       "lr_mask", "clip"),
+                                       "lr_mask", "clip", "max_rows"),
                        non_negative=("lr_mean", "lr_std", "gp_weight", "noise_mean_range", "noise_std_max"))
 
     @property
@@ -286,12 +294,38 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
         K = feature_mask.unsqueeze(1)
         return adapter.critic_view(K * features.unsqueeze(1) + (1 - K) * noise, valid)
 
-    def fake_samples(n: int) -> Tensor:
+    per_chunk = max(1, cfg.max_rows // B)  # samples per input in one pass of the network
+
+    def fake_points(n: int) -> Tensor:
+        """``(B, n, *point)`` generator samples, with the graph to ``logits``, ``mu``, ``sigma``."""
         mask = torch.sigmoid(logits).unsqueeze(1)
         noise = sigma.unsqueeze(1) * randn(n, *points.shape[1:]) + mu.unsqueeze(1)
-        x_g = mask * points.unsqueeze(1) + (1 - mask) * noise
+        return mask * points.unsqueeze(1) + (1 - mask) * noise
+
+    def to_layer(x_g: Tensor) -> Tensor:
+        """Features of ``(B, k, *point)`` samples, ``(B, k, *feature)``."""
         out = adapter.run_to_layer(model, layer, inputs, x_g.flatten(0, 1), layer_name)
-        return adapter.critic_view(out.view(B, n, *out.shape[1:]), valid)
+        return out.view(B, x_g.shape[1], *out.shape[1:])
+
+    def fake_features(x_g: Tensor) -> Tensor:
+        """Features of the samples, ``per_chunk`` samples per input at a time, without graph."""
+        with torch.no_grad():
+            return torch.cat([to_layer(x_g[:, j:j + per_chunk]) for j in range(0, x_g.shape[1], per_chunk)], 1)
+
+    def generator_step(n: int, real: Tensor) -> Tensor:
+        """One generator update; the critic's gradient carried back through the network in chunks."""
+        x_g = fake_points(n)
+        feats = fake_features(x_g.detach()).requires_grad_(True)
+        loss_g = -_scores(critic, adapter.critic_view(feats, valid), real)[0].mean(1)
+        (grad_feats,) = torch.autograd.grad(loss_g.sum(), feats)
+        for p in gen_params:
+            p.grad = None
+        chunks = range(0, n, per_chunk)
+        for k, j in enumerate(chunks):
+            torch.autograd.backward(to_layer(x_g[:, j:j + per_chunk]), grad_feats[:, j:j + per_chunk],
+                                    retain_graph=k < len(chunks) - 1, inputs=gen_params)
+        opt_g.step()
+        return loss_g.detach()
 
     steps_per_epoch = math.ceil(cfg.n_samples / cfg.batch_size)
     critic_losses, generator_losses = [], []
@@ -300,7 +334,7 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
             n = min(cfg.batch_size, cfg.n_samples - i * cfg.batch_size)
             real = real_samples(n)
             with torch.no_grad():
-                fake = fake_samples(n)
+                fake = adapter.critic_view(fake_features(fake_points(n)), valid)
             fake_score, real_score = _scores(critic, fake, real)
             loss_d = fake_score.mean(1) - real_score.mean(1)
             if cfg.critic == "gp":
@@ -315,12 +349,7 @@ def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor
             critic_losses.append(loss_d.detach())
 
             if i % cfg.critic_steps == 0:
-                loss_g = -_scores(critic, fake_samples(n), real)[0].mean(1)
-                grads = torch.autograd.grad(loss_g.sum(), gen_params)
-                for p, g in zip(gen_params, grads):
-                    p.grad = g
-                opt_g.step()
-                generator_losses.append(loss_g.detach())
+                generator_losses.append(generator_step(n, real))
 
     return GANResult(torch.sigmoid(logits).detach(), mu.detach(), sigma.detach(),
                      torch.stack(critic_losses), torch.stack(generator_losses), torch.sigmoid(initial_logits))

@@ -119,3 +119,32 @@ def test_fit_gan_shapes_determinism_and_the_callers_rng(kind):
     assert not torch.equal(res.mask, torch.full_like(x, 0.5))
     again = fit_gan(model, model[0], x, x, torch.ones_like(x), torch.zeros_like(x), cfg, seed=0)
     torch.testing.assert_close(again.mask, res.mask, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["gp", "clip"])
+def test_the_row_budget_bounds_each_pass_and_changes_no_result(kind):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 8, 2)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        feats = model[1](model[0](x))
+    rows = []
+    handle = model[0].register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    results = {}
+    try:
+        for budget in (1000, 7):
+            rows.clear()
+            cfg = GANConfig(n_samples=16, epochs=2, batch_size=8, critic=kind, critic_width=8, max_rows=budget,
+                            lr_mask=0.05)
+            results[budget] = fit_gan(model, model[1], x, feats, torch.ones_like(feats), torch.zeros_like(x),
+                                      cfg, seed=0)
+            assert max(rows) == (24 if budget == 1000 else 6)  # 3 inputs x 8 samples, or 3 x 2 within 7
+    finally:
+        handle.remove()
+    big, small = results[1000], results[7]
+    assert (big.mask - 0.5).abs().max() > 1e-3  # the generator did move the mask
+    torch.testing.assert_close(small.mask, big.mask, rtol=0, atol=1e-5)
+    torch.testing.assert_close(small.generator_losses, big.generator_losses, rtol=1e-4, atol=1e-5)
