@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate attribution methods with every metric, from a config file")
     evaluate.add_argument("config", help="configuration file (.toml or .json), "
                                          "e.g. configs/evaluate_fashion_mnist.toml")
+    evaluate.add_argument("--retry-failed", action="store_true",
+                          help="evaluate again the samples an earlier run recorded as failed")
     return parser
 
 
@@ -105,13 +107,22 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"figure: {png}")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _evaluate(args: argparse.Namespace) -> int:
     from .harness import load_evaluation, run_evaluation
 
-    result = run_evaluation(load_evaluation(args.config))
+    config = load_evaluation(args.config)
+    config.harness.retry_failed = args.retry_failed
+    result = run_evaluation(config)
     print(result.markdown())
     for name, path in result.files.items():
         print(f"{name + ':':20s}{path}")
+    if result.failed:
+        listed = "; ".join(f"{row}: {', '.join(map(str, items))}" for row, items in result.failed.items())
+        print(f"inputiba: {sum(map(len, result.failed.values()))} evaluations failed and are left out "
+              f"({listed}); see {config.harness.out_dir}/failures.jsonl, --retry-failed retries them",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,8 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     def run(args: list[str]) -> int:
         parsed = _parser().parse_args(args)
-        {"demo": _demo, "evaluate": _evaluate}[parsed.command](parsed)
-        return 0
+        return {"demo": _demo, "evaluate": _evaluate}[parsed.command](parsed) or 0
 
     return run_command(run, argv, "inputiba")
 

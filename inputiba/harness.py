@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from .evaluation import (EHR_WEIGHTINGS, bbox_score, box_mask, degradation, deletion, ehr, insertion, sanity_check,
                          sensitivity_n, usable_boxes)
 from .hooks import resolve_layer
-from .io import atomic_path, save_npz
+from .io import FailureLog, atomic_path, save_npz
 from .methods import AttributionMethod, get_method
 from .methods.base import seeded
 from .seeding import Seeds, input_seed
@@ -461,6 +461,8 @@ class HarnessConfig:
         prepare_samples: samples given to a method's ``prepare`` (feature
             statistics of IBA and InputIBA, DeepLIFT-SHAP's baselines): the
             first ones of the dataset.
+        retry_failed: evaluate again the samples an earlier run recorded as
+            failed (by default a resumed run skips them).
     """
 
     out_dir: str | os.PathLike = "outputs/evaluate"
@@ -469,6 +471,7 @@ class HarnessConfig:
     seed: int = 0
     metric_batch_size: int = 128
     prepare_samples: int = 1000
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(METRICS))
@@ -546,6 +549,9 @@ class HarnessResult:
         computed: method label -> samples attributed in this run (0 when all
             came from the files of an earlier run).
         files: ``"csv"``, ``"markdown"`` and the figures' names -> paths written.
+        failed: method label -> the samples that could not be evaluated
+            (recorded in ``<out_dir>/failures.jsonl``; left out of the table);
+            ``"sanity"`` when the sanity check failed.
     """
 
     columns: list[Column]
@@ -553,6 +559,7 @@ class HarnessResult:
     scores: dict[str, dict[str, np.ndarray]]
     computed: dict[str, int]
     files: dict[str, Path]
+    failed: dict[str, list] = field(default_factory=dict)
 
     def markdown(self) -> str:
         """The table in Markdown, as written to ``results.md``."""
@@ -633,7 +640,7 @@ def _score(value: Tensor) -> float | None:
 
 
 def _evaluate_batch(method: AttributionMethod, spec: MethodSpec, model: nn.Module, dataset: SampleSource,
-                    indices: range, metrics: list[Metric], config: HarnessConfig, folder: Path) -> None:
+                    indices: Sequence[int], metrics: list[Metric], config: HarnessConfig, folder: Path) -> None:
     """Attribute and score one batch; write the files of its samples not yet on disk."""
     images, labels, boxes = _collate([dataset[i] for i in indices])
     device = model_device(model)
@@ -748,22 +755,66 @@ def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[Metho
     for layer in sanity.layers if sanity else ():
         resolve_layer(model, layer)
     out = Path(config.out_dir)
+    failures = FailureLog(out)
+    recorded = set() if config.retry_failed else failures.keys()
     computed = {}
     for spec in methods:
         folder = out / "samples" / spec.row
         _check_folder(folder, _fingerprint(spec, n, config))
-        todo = [range(lo, min(lo + config.batch_size, n)) for lo in range(0, n, config.batch_size)]
-        todo = [r for r in todo if not all(_done(folder, i) for i in r)]
+        todo = [[i for i in range(lo, min(lo + config.batch_size, n)) if f"{spec.row}/{i}" not in recorded]
+                for lo in range(0, n, config.batch_size)]
+        todo = [r for r in todo if r and not all(_done(folder, i) for i in r)]
         computed[spec.row] = sum(len(r) for r in todo)
         if todo:
             method = _prepared(spec, model, dataset, config)
             with _bar(computed[spec.row], spec.row, progress) as bar:
-                for indices in todo:
-                    _evaluate_batch(method, spec, model, dataset, indices, metrics, config, folder)
+                for k, indices in enumerate(todo):
+                    _evaluate_isolated(method, spec, model, dataset, indices, metrics, config, folder, failures,
+                                       first=k == 0)
                     bar.update(len(indices))
-        if sanity is not None and not (folder / "sanity.npz").is_file():
-            _run_sanity(spec, model, dataset, sanity, config, folder / "sanity.npz", progress)
-    return _report(out, rows, n, metrics, sanity, computed)
+        key = f"{spec.row}/sanity"
+        if sanity is not None and not (folder / "sanity.npz").is_file() and key not in recorded:
+            try:
+                _run_sanity(spec, model, dataset, sanity, config, folder / "sanity.npz", progress)
+                failures.clear(key)
+            except Exception as err:
+                failures.record(key, err)
+                warnings.warn(f"{spec.row}: the sanity check failed and is left out: {err}", stacklevel=2)
+    result = _report(out, rows, n, metrics, sanity, computed)
+    for key in failures.keys():
+        row, _, sample = key.rpartition("/")
+        if row in result.table:
+            result.failed.setdefault(row, []).append(sample if sample == "sanity" else int(sample))
+    return result
+
+
+def _evaluate_isolated(method: AttributionMethod, spec: MethodSpec, model: nn.Module, dataset: SampleSource,
+                       indices: list[int], metrics: list[Metric], config: HarnessConfig, folder: Path,
+                       failures: FailureLog, first: bool) -> None:
+    """Evaluate a batch; if it fails, each sample alone, recording the ones that fail.
+
+    Per-sample seeds make a sample's result the same alone as in its batch.
+    When every sample of a method's first batch fails, the error is raised:
+    the method is broken, not a sample.
+    """
+    try:
+        _evaluate_batch(method, spec, model, dataset, indices, metrics, config, folder)
+    except Exception:
+        errors = []
+        for i in indices:
+            try:
+                _evaluate_batch(method, spec, model, dataset, [i], metrics, config, folder)
+            except Exception as err:
+                errors.append(err)
+                failures.record(f"{spec.row}/{i}", err)
+                warnings.warn(f"{spec.row}: sample {i} failed and is left out: {err}", stacklevel=2)
+            else:
+                failures.clear(f"{spec.row}/{i}")
+        if first and len(errors) == len(indices):
+            raise errors[0]
+        return
+    for i in indices:
+        failures.clear(f"{spec.row}/{i}")
 
 
 # ---------------------------------------------------------------------------- the report
@@ -772,6 +823,8 @@ def _load(folder: Path, n: int, columns: list[Column]) -> tuple[dict[str, np.nda
     scores = {c.key: np.full(n, math.nan) for c in columns}
     per_curve: dict[str, list[np.ndarray]] = {}
     for i in range(n):
+        if not _done(folder, i):  # a sample that failed: left out (NaN)
+            continue
         record = json.loads((folder / f"{i}.json").read_text(encoding="utf-8"))
         for key, value in record["scores"].items():
             if key in scores and value is not None:
@@ -790,10 +843,12 @@ def _report(out: Path, rows: list[str], n: int, metrics: list[Metric], sanity: S
     for row in rows:
         folder = out / "samples" / row
         scores[row], curves[row] = _load(folder, n, [c for c in columns if c.key != "sanity"])
-        if sanity is not None:
+        if sanity is not None and (folder / "sanity.npz").is_file():
             with np.load(folder / "sanity.npz") as arrays:
                 sanities[row] = {name: arrays[name] for name in arrays.files}
             scores[row]["sanity"] = sanities[row]["ssim"][-1].astype(np.float64)
+        elif sanity is not None:  # the check failed (recorded in failures.jsonl)
+            scores[row]["sanity"] = np.full(min(sanity.n_samples, n), math.nan)
     table = {row: {c.key: Summary.of(scores[row][c.key]) for c in columns} for row in rows}
     files = {"csv": out / "results.csv", "markdown": out / "results.md"}
     result = HarnessResult(columns, table, scores, computed, files)

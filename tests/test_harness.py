@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TwoClassLinear
@@ -322,3 +323,52 @@ def test_prepare_data_can_be_read_twice():
     first = [x.clone() for x, _ in batches]
     second = [x for x, _ in batches]
     assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+class _Flaky:
+    """A dataset whose sample ``bad`` cannot be read (until ``bad`` is None)."""
+
+    def __init__(self, samples, bad):
+        self.samples, self.bad, self.reads = samples, bad, []
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        if i == self.bad:
+            raise ValueError(f"sample {i} is corrupt")
+        return self.samples[i]
+
+
+def test_a_failing_sample_is_recorded_left_out_and_retried_on_request(tiny_cnn, boxed_data, tmp_path):
+    data = _Flaky(boxed_data[:5], bad=2)
+    config = HarnessConfig(out_dir=str(tmp_path), batch_size=4, metrics={"deletion": {"n_steps": 8}})
+    with pytest.warns(UserWarning, match="sample 2 failed"):
+        result = run_harness(tiny_cnn, data, [MethodSpec("random")], config, progress=False)
+    assert result.failed == {"random": [2]}
+    scores = result.scores["random"]["deletion"]
+    assert np.isnan(scores[2]) and np.isfinite(np.delete(scores, 2)).all()
+    assert result.table["random"]["deletion"].n == 4
+    record = json.loads((tmp_path / "failures.jsonl").read_text())
+    assert record["key"] == "random/2" and "corrupt" in record["error"]
+    # a resume does not touch it again; --retry-failed does, and it now works
+    data.reads.clear()
+    assert run_harness(tiny_cnn, data, [MethodSpec("random")], config, progress=False).failed == {"random": [2]}
+    assert 2 not in data.reads
+    data.bad = None
+    config.retry_failed = True
+    again = run_harness(tiny_cnn, data, [MethodSpec("random")], config, progress=False)
+    assert again.failed == {} and np.isfinite(again.scores["random"]["deletion"]).all()
+    assert (tmp_path / "failures.jsonl").read_text() == ""
+
+
+def test_a_method_that_fails_everywhere_stops_the_run(tiny_cnn, boxed_data, tmp_path):
+    @register("test_always_fails")
+    class AlwaysFails(AttributionMethod):
+        def _attribute(self, x, targets):
+            raise RuntimeError("broken method")
+
+    config = HarnessConfig(out_dir=str(tmp_path), batch_size=2, metrics={"deletion": {"n_steps": 8}})
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="broken method"):
+        run_harness(tiny_cnn, boxed_data[:4], [MethodSpec("test_always_fails")], config, progress=False)
