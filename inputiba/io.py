@@ -198,7 +198,7 @@ class UsageError(Exception):
 
 
 #: Errors a command reports in one line (the message names the problem) rather than as a traceback.
-REPORTED_ERRORS = (UsageError, ValueError, TypeError, OSError, RuntimeError, KeyError)
+REPORTED_ERRORS = (UsageError, ValueError, TypeError, OSError, RuntimeError, KeyError, MemoryError)
 
 
 def run_command(main, argv, prog: str) -> int:

@@ -30,12 +30,13 @@ from torch import Tensor, nn
 
 from .adapters import MASK_STARTS, adapter_for, batch_chunks, gather_chunks
 from .estimation import FeatureStats, estimate_stats
-from .gan import GANConfig, GANResult, fit_gan
+from .gan import BatchedCritic, GANConfig, GANResult, fit_gan
 from .hooks import channels_last_where_safe, conv_layout, cudnn_rnn_disabled, features_at, preserved_state
 from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
 from .input_stage import (INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, TEXT_INPUT_PUBLISHED, fit_input_bottleneck,
                           input_attribution)
 from .io import atomic_path
+from .memory import activation_bytes, check_fits
 from .seeding import Seeds, input_seeds
 from .validation import check_finite, model_device, slice_targets
 
@@ -217,6 +218,7 @@ class InputIBA:
                                pad_index=pad_index)
         #: text: statistics of the embeddings (the input stage's noise); images: ``None``, N(0, 1)
         self.input_stats: FeatureStats | None = None
+        self._row_bytes: dict[tuple, tuple[int, int, int]] = {}
 
     @property
     def layer_name(self) -> str:
@@ -315,6 +317,7 @@ class InputIBA:
         B = inputs.shape[0]
         seeds = input_seeds(seed, B)
         chunks = batch_chunks(self.adapter, inputs, self.config.max_batch)
+        self._check_memory(inputs, max(len(index) for index, _ in chunks))
         bar = writer = None
         if progress:
             from tqdm.auto import tqdm
@@ -344,6 +347,43 @@ class InputIBA:
                 writer.close()
         result = _gather(parts, chunks, B, inputs.shape[1] if self.adapter.kind == "tokens" else None)
         return result if return_stages else result.mask
+
+    def estimated_bytes(self, inputs: Tensor, rows: int) -> int:
+        """A lower bound of the peak memory of attributing ``rows`` inputs like ``inputs`` at once.
+
+        The bottleneck stages keep ``rows * n_copies`` rows of the network's
+        activations; the GAN stage ``rows * min(batch_size, max_rows // rows)``
+        rows of the network up to the layer, plus per input a critic with its
+        gradients and two optimiser buffers. Activations per row are measured
+        once per input shape (:func:`inputiba.memory.activation_bytes`).
+        """
+        cfg, iba = self.config, self.feature_iba
+        key = tuple(inputs.shape[1:])
+        if key not in self._row_bytes:
+            one = inputs[:1]
+            full = activation_bytes(self.model, lambda: self.model(one))
+            prefix = critic = 0
+            if cfg.gan is not None:
+                prefix = activation_bytes(self.model, lambda: features_at(self.model, iba.layer, one, iba.layer_name))
+                with torch.no_grad():
+                    feats = features_at(self.model, iba.layer, one, iba.layer_name)
+                channels = self.adapter.critic_view(feats.unsqueeze(1), None).shape[2]
+                with torch.device("meta"):
+                    lone = BatchedCritic(1, channels, cfg.gan.critic, cfg.gan.critic_width, self.adapter.critic_dims)
+                critic = 4 * sum(p.numel() for p in lone.parameters()) * feats.element_size()
+            self._row_bytes[key] = (full, prefix, critic)
+        full, prefix, critic = self._row_bytes[key]
+        need = rows * max(cfg.feature.n_copies, cfg.input.n_copies) * full
+        if cfg.gan is not None:
+            per_input = max(1, min(cfg.gan.batch_size, cfg.gan.max_rows // rows))
+            need = max(need, rows * per_input * prefix + rows * critic)
+        return need
+
+    def _check_memory(self, inputs: Tensor, rows: int) -> None:
+        """Refuse, before any work, a call whose estimated peak memory exceeds the free memory."""
+        check_fits(self.estimated_bytes(inputs, rows), inputs.device,
+                   f"InputIBA on {rows} inputs of shape {tuple(inputs.shape[1:])} at once",
+                   "lower InputIBAConfig.max_batch (and GANConfig.max_rows with a GAN stage) or the input size")
 
     def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seeds: list[int],
                          bar, input_model: nn.Module) -> InputIBAResult:
