@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from inputiba import InputIBA
 from inputiba.datasets import TextDataset, imdb, rotten_tomatoes, synthetic_sentiment
-from inputiba.io import atomic_path
+from inputiba.io import atomic_path, run_command
 from inputiba.models import TEXT_INPUT_LAYER, LSTMClassifier, save_text_classifier
 from inputiba.text import Vocabulary, load_glove
 
@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="held-out share, for data without a test split")
     p.add_argument("--n-synthetic", type=int, default=4000, help="texts of the synthetic task")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("--stats-samples", type=int, default=1000, help="texts for the attribution statistics")
     p.add_argument("--log-dir", default=None, help="write losses and accuracy to TensorBoard there")
     p.add_argument("--resume", action="store_true", help="continue from <out>.state if it exists")
@@ -174,4 +175,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, None, "train.py"))

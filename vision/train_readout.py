@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from inputiba.datasets import fashion_mnist
+from inputiba.io import run_command
 from inputiba.models import FASHION_CNN_LAYER, load_fashion_cnn
 from inputiba.readout import ReadoutBottleneck, ReadoutConfig
 
@@ -56,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-dir", default=None, help="TensorBoard folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -106,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, None, "train_readout.py"))
