@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from inputiba import InputIBA
 from inputiba.datasets import TextDataset, imdb, rotten_tomatoes, synthetic_sentiment
-from inputiba.io import atomic_path, run_command
+from inputiba.io import UsageError, atomic_path, run_command
 from inputiba.models import TEXT_INPUT_LAYER, LSTMClassifier, save_text_classifier
 from inputiba.text import Vocabulary, load_glove
 
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_data(args) -> tuple[TextDataset, TextDataset]:
     if args.data == "imdb":
         if args.imdb_root is None:
-            sys.exit("--data imdb needs --imdb-root (the aclImdb folder)")
+            raise UsageError("--data imdb needs --imdb-root (the aclImdb folder)")
         return imdb(args.imdb_root, "train"), imdb(args.imdb_root, "test")
     data = (synthetic_sentiment(args.n_synthetic, seed=args.seed) if args.data == "synthetic"
             else rotten_tomatoes())
@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     if args.resume and state_path.is_file():
         saved = torch.load(state_path, map_location=args.device, weights_only=True)
         if saved["vocab"] != vocab.tokens:
-            sys.exit(f"{state_path} was trained with another vocabulary; start afresh without --resume")
+            raise UsageError(f"{state_path} was trained with another vocabulary; start afresh without --resume")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch = saved["epoch"]

@@ -182,8 +182,8 @@ def test_train_readout_script_on_a_tiny_subset_then_resume(tmp_path, tmp_path_fa
             "--out", str(out), "--log-dir", str(tmp_path / "tb"), "--device", "cpu", "--lr", "1e-3"]
     assert script.main(args + ["--epochs", "1"]) == 0
     assert torch.load(out, weights_only=True)["training"]["epoch"] == 1
-    with pytest.raises(SystemExit):
-        script.main(args + ["--epochs", "2"])  # exists, and no --resume
+    with pytest.raises(Exception, match="exists: pass --resume"):
+        script.main(args + ["--epochs", "2"])  # exists, and no --resume (a one-line error from the command)
     assert script.main(args + ["--epochs", "2", "--resume"]) == 0
     assert "epoch 2/2" in capsys.readouterr().out
     from inputiba.models import bundled_samples, load_fashion_cnn

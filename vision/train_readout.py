@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from inputiba.datasets import fashion_mnist
-from inputiba.io import run_command
+from inputiba.io import UsageError, run_command
 from inputiba.models import FASHION_CNN_LAYER, load_fashion_cnn
 from inputiba.readout import ReadoutBottleneck, ReadoutConfig
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if out.exists() and not args.resume:
-        sys.exit(f"{out} exists: pass --resume to continue training it, or choose another --out")
+        raise UsageError(f"{out} exists: pass --resume to continue training it, or choose another --out")
     torch.manual_seed(args.seed)
     model = load_fashion_cnn(args.weights).to(args.device)
     data = fashion_mnist(args.root, train=True)
