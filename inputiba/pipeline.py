@@ -317,7 +317,6 @@ class InputIBA:
         B = inputs.shape[0]
         seeds = input_seeds(seed, B)
         chunks = batch_chunks(self.adapter, inputs, self.config.max_batch)
-        self._check_memory(inputs, max(len(index) for index, _ in chunks))
         bar = writer = None
         if progress:
             from tqdm.auto import tqdm
@@ -331,6 +330,7 @@ class InputIBA:
             with preserved_state(self.model), preserved_state(second), cudnn_rnn_disabled(self.model), \
                     channels_last_where_safe([self.model, second], inputs):
                 inputs = conv_layout(inputs)
+                self._check_memory(inputs, max(len(index) for index, _ in chunks))  # before any work
                 for k, (index, length) in enumerate(chunks):
                     # images: consecutive runs, sliced (a view keeps the memory layout); texts: cut
                     x = inputs[int(index[0]):int(index[-1]) + 1] if length is None else inputs[index, :length]
