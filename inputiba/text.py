@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from .io import atomic_path
 
 __all__ = ["PAD", "UNK", "tokenize", "Vocabulary", "encode_batch", "check_vocabulary", "load_glove",
-           "TokenScores", "render_terminal", "render_html", "scores_to_json"]
+           "TokenScores", "render_terminal", "render_html", "scores_to_json", "colour_scale", "terminal_legend",
+           "PER_TEXT"]
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -200,16 +201,59 @@ class TokenScores:
         return render_html([self], fragment=True)
 
 
-def _shades(scores: Sequence[float]) -> list[float]:
-    """Scores scaled to ``[0, 1]`` by the text's largest one (all 0 when none is positive)."""
-    top = max((s for s in scores if math.isfinite(s)), default=0.0)
-    return [min(max(s / top, 0.0), 1.0) if top > 0 and math.isfinite(s) else 0.0 for s in scores]
+#: What ``scale`` of :func:`render_html` / :func:`render_terminal` takes besides a ``(low, high)`` pair.
+PER_TEXT = "per-text"
 
 
-def render_terminal(item: TokenScores) -> str:
-    """The text with each token on a red background as strong as its score (24-bit ANSI colour)."""
+def colour_scale(items: Sequence[TokenScores], scale: tuple[float, float] | str | None = None) -> tuple[float, float]:
+    """The one ``(low, high)`` range a page's colours use.
+
+    ``None``: from 0 (or the page's lowest score, if negative) to the page's
+    highest score, so every text is coloured on the same scale; a pair: that
+    range (``(0, 1)`` for InputIBA's masks). ``"per-text"`` has no single
+    range: see :func:`render_html`.
+    """
+    if isinstance(scale, tuple):
+        low, high = float(scale[0]), float(scale[1])
+        if not high > low:
+            raise ValueError(f"a colour scale needs low < high, got {scale}")
+        return low, high
+    if scale is not None:
+        raise ValueError(f"scale must be None, a (low, high) pair or {PER_TEXT!r}, got {scale!r}")
+    finite = [s for it in items for s in it.scores if math.isfinite(s)]
+    low, high = min(min(finite, default=0.0), 0.0), max(finite, default=0.0)
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def _shades(scores: Sequence[float], scale: tuple[float, float] | str) -> list[float]:
+    """Scores mapped to ``[0, 1]`` on ``scale`` (per text: the text's own min..max)."""
+    if scale == PER_TEXT:
+        finite = [s for s in scores if math.isfinite(s)]
+        low, high = min(finite, default=0.0), max(finite, default=0.0)
+        if not high > low:
+            return [0.0] * len(scores)
+    else:
+        low, high = scale
+    return [min(max((s - low) / (high - low), 0.0), 1.0) if math.isfinite(s) else 0.0 for s in scores]
+
+
+def _scale_words(scale: tuple[float, float] | str, unit: str) -> str:
+    if scale == PER_TEXT:
+        return f"colours scaled per text (each text's lowest to highest {unit or 'score'}; not comparable across texts)"
+    return f"colour scale {scale[0]:.3g} (white) to {scale[1]:.3g} (red){f', {unit}' if unit else ''}"
+
+
+def render_terminal(item: TokenScores, scale: tuple[float, float] | str | None = None) -> str:
+    """The text with each token on a red background as strong as its score (24-bit ANSI colour).
+
+    ``scale`` is the ``(low, high)`` shared by every text shown (see
+    :func:`colour_scale`; InputIBA's masks: ``(0, 1)``; ``None``: 0 to this
+    text's highest score), or ``"per-text"`` for the text's own min..max.
+    Print :func:`terminal_legend` with it.
+    """
+    scale = scale if scale == PER_TEXT else colour_scale([item], scale)
     parts = []
-    for token, shade in zip(item.tokens, _shades(item.scores)):
+    for token, shade in zip(item.tokens, _shades(item.scores, scale)):
         g = b = int(round(255 * (1 - shade)))
         fg = "97" if shade > 0.6 else "30"
         parts.append(f"\x1b[{fg};48;2;255;{g};{b}m{token}\x1b[0m")
@@ -218,18 +262,38 @@ def render_terminal(item: TokenScores) -> str:
     return head + " ".join(parts)
 
 
+def terminal_legend(scale: tuple[float, float] | str, unit: str = "") -> str:
+    """One line saying what the terminal colours mean."""
+    if scale == PER_TEXT:
+        return _scale_words(scale, unit)
+    steps = []
+    for k in range(5):
+        shade = k / 4
+        g = b = int(round(255 * (1 - shade)))
+        value = scale[0] + shade * (scale[1] - scale[0])
+        steps.append(f"\x1b[{'97' if shade > 0.6 else '30'};48;2;255;{g};{b}m {value:.3g} \x1b[0m")
+    return "".join(steps) + "  " + _scale_words(scale, unit)
+
+
 def render_html(items: Sequence[TokenScores], title: str = "Token attribution",
-                fragment: bool = False) -> str:
+                fragment: bool = False, scale: tuple[float, float] | str | None = None,
+                unit: str = "") -> str:
     """A self-contained HTML page: one paragraph per text, tokens highlighted by score.
 
-    Every token, label and the title are HTML-escaped; the score is in each
-    token's tooltip. ``fragment=True`` gives only the texts, with inline
-    styles and no page-wide ones, to embed in a notebook or another page.
+    Every text is coloured on one scale (``scale``, see
+    :func:`colour_scale`: by default 0 to the page's highest score; pass
+    ``(0, 1)`` for masks), shown in a legend with ``unit``; each token's
+    value is in its tooltip. ``scale="per-text"`` colours each text by its
+    own min..max instead, and the legend says so. Every token, label, unit and
+    the title are HTML-escaped. ``fragment=True`` gives only the legend and the
+    texts, with inline styles and no page-wide ones, to embed in a notebook or
+    another page.
     """
-    rows = []
+    shared = scale if scale == PER_TEXT else colour_scale(items, scale)
+    rows = [_html_legend(shared, unit)]
     for item in items:
         spans = []
-        for token, score, shade in zip(item.tokens, item.scores, _shades(item.scores)):
+        for token, score, shade in zip(item.tokens, item.scores, _shades(item.scores, shared)):
             spans.append(f'<span style="background: rgba(220, 40, 40, {shade:.3f}); padding: 1px 2px; '
                          f'border-radius: 3px" title="{score:.4g}">{html.escape(token)}</span>')
         head = ""
@@ -244,6 +308,15 @@ def render_html(items: Sequence[TokenScores], title: str = "Token attribution",
             "body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.9}"
             "</style></head><body>"
             f"<h1>{html.escape(title)}</h1>\n" + "\n".join(rows) + "\n</body></html>\n")
+
+
+def _html_legend(scale: tuple[float, float] | str, unit: str) -> str:
+    words = html.escape(_scale_words(scale, unit))
+    if scale == PER_TEXT:
+        return f'<div class="legend" style="font-size: 90%; color: #444">{words}</div>'
+    cells = "".join(f'<span style="background: rgba(220, 40, 40, {k / 4:.2f}); padding: 1px 6px">'
+                    f'{scale[0] + k / 4 * (scale[1] - scale[0]):.3g}</span>' for k in range(5))
+    return f'<div class="legend" style="font-size: 90%; color: #444">{cells} {words}</div>'
 
 
 def scores_to_json(items: Sequence[TokenScores]) -> str:

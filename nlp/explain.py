@@ -22,8 +22,10 @@ words the model uses open, the others stay near 0. ``--beta`` is that price
 per token (default 0.13; lower opens more tokens). ``--schedule published``
 has the published input stage (a mask per token and embedding dimension,
 beta 30 on the mean over all elements), which keeps every token of a short
-review near 0.01 (``benchmarks/RESULTS.md``). Terminal colours are relative
-to each text's largest score; the JSON and the HTML tooltips hold the values.
+review near 0.01 (``benchmarks/RESULTS.md``). Colours use one scale for all
+texts, shown in a legend: InputIBA's mask on [0, 1], IBA's bits from 0 to the
+largest of the run (``--per-text-scale`` scales each text by its own range,
+and says so); the JSON and the HTML tooltips hold the values.
 
 A text without a single token is reported in one line (and recorded in
 ``failures.jsonl`` beside ``--json``/``--html``), the others are explained,
@@ -46,8 +48,8 @@ from inputiba.pipeline import SCHEDULES, schedule
 from inputiba.datasets import imdb, rotten_tomatoes, synthetic_sentiment
 from inputiba.io import FailureLog, UsageError, atomic_path, run_command, writable_folder
 from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
-from inputiba.text import (TokenScores, check_vocabulary, encode_batch, render_html, render_terminal, scores_to_json,
-                           tokenize)
+from inputiba.text import (PER_TEXT, TokenScores, check_vocabulary, colour_scale, encode_batch, render_html,
+                           render_terminal, scores_to_json, terminal_legend, tokenize)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--html", default=None, help="write an HTML page here")
     p.add_argument("--json", default=None, help="write the scores as JSON here")
     p.add_argument("--quiet", action="store_true", help="print nothing to the terminal")
+    p.add_argument("--per-text-scale", action="store_true",
+                   help="colour each text by its own lowest..highest score (labelled; not comparable across "
+                        "texts) instead of one scale for all: the mask's [0, 1], or 0 .. the largest bits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -169,13 +174,17 @@ def main(argv=None) -> int:
     items = [TokenScores(tok, scores[i, : len(tok)].tolist(), checkpoint.classes[int(targets[i])],
                          float(probs[i, targets[i]]))
              for i, tok in enumerate(tokens)]
+    # one colour scale for every text: the mask's [0, 1], or 0 .. the largest bits of the run
+    unit = "InputIBA mask in [0, 1]" if args.method == "inputiba" else "IBA, bits per token"
+    scale = PER_TEXT if args.per_text_scale else (0.0, 1.0) if args.method == "inputiba" else colour_scale(items)
     if not args.quiet:
+        print(terminal_legend(scale, unit))
         for item in items:
-            print(render_terminal(item))
+            print(render_terminal(item, scale))
     if args.html:
-        unit = "InputIBA mask in [0, 1]" if args.method == "inputiba" else "IBA, bits per token"
         with atomic_path(args.html) as tmp:
-            Path(tmp).write_text(render_html(items, f"Token attribution ({unit})"), encoding="utf-8")
+            Path(tmp).write_text(render_html(items, f"Token attribution ({unit})", scale=scale, unit=unit),
+                                 encoding="utf-8")
     if args.json:
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(scores_to_json(items), encoding="utf-8")

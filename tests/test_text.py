@@ -158,3 +158,25 @@ def test_html_fragment_embeds_without_page_styles():
     fragment = item._repr_html_()
     assert "<style>" not in fragment and "<html>" not in fragment and "&lt;b&gt;" in fragment
     assert render_html([item], fragment=True) == fragment
+
+
+def test_colours_use_one_scale_per_page_with_a_legend():
+    from inputiba.text import PER_TEXT, colour_scale, terminal_legend
+
+    quiet = TokenScores(["all", "closed"], [0.01, 0.012])
+    loud = TokenScores(["one", "open"], [0.0, 0.9])
+    page = render_html([quiet, loud], scale=(0.0, 1.0), unit="mask")
+    # on the mask's [0, 1] a text whose scores are all about 0.01 stays nearly white
+    assert 'rgba(220, 40, 40, 0.010)' in page and 'rgba(220, 40, 40, 0.012)' in page
+    assert 'rgba(220, 40, 40, 0.900)' in page and 'title="0.012"' in page
+    assert "colour scale 0 (white) to 1 (red), mask" in page
+    # the default page scale runs from 0 to the page's largest score, the same for every text
+    assert colour_scale([quiet, loud]) == (0.0, 0.9)
+    assert 'rgba(220, 40, 40, 0.011)' in render_html([quiet, loud])
+    # per-text scaling only when asked, and then the legend says so
+    per_text = render_html([quiet, loud], scale=PER_TEXT)
+    assert 'rgba(220, 40, 40, 1.000)' in per_text.split("closed")[0] and "not comparable across texts" in per_text
+    assert "\x1b[30;48;2;255;252;252mall" in render_terminal(quiet, (0.0, 1.0))
+    assert "0.5" in terminal_legend((0.0, 1.0)) and "per text" in terminal_legend(PER_TEXT)
+    with pytest.raises(ValueError, match="low < high"):
+        colour_scale([quiet], (1.0, 1.0))
