@@ -224,6 +224,7 @@ class BatchedCritic(nn.Module):
         return self.head(x).view(n, B).t()
 
 
+@torch.enable_grad()  # also when called under no_grad (Captum's metrics do)
 def fit_gan(model: nn.Module, layer: nn.Module, inputs: Tensor, features: Tensor,
             feature_mask: Tensor, initial_logits: Tensor, config: GANConfig | None = None,
             seed: Seeds = None, layer_name: str = "layer",

@@ -400,6 +400,7 @@ class BottleneckFit:
     losses: Tensor
 
 
+@torch.enable_grad()  # also when called under no_grad (Captum's metrics do)
 def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Tensor,
                    model_inputs: Tensor, stats: FeatureStats, config: IBAConfig,
                    row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,

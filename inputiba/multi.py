@@ -174,6 +174,7 @@ class MultiIBA:
         result = parts[0] if len(parts) == 1 else _concat(parts)
         return result if return_result else result.saliency
 
+    @torch.enable_grad()  # also when called under no_grad (Captum's metrics do)
     def _attribute_chunk(self, x: Tensor, target, seeds: list[int],
                          stats: Mapping[str, FeatureStats]) -> MultiIBAResult:
         cfg = self.config

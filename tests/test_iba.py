@@ -286,3 +286,21 @@ def test_shared_mask_and_information_options(iba, tiny_cnn, image_loader):
         IBAConfig(information="sum")
     with pytest.raises(ValueError, match="shared_mask"):
         MultiIBA(tiny_cnn, ["features.0", "features.2"], shared_mask=True)
+
+
+def test_attribution_works_inside_a_no_grad_block(tiny_cnn, image_loader):
+    # Captum's sensitivity_max calls explanations under torch.no_grad(); the fit needs gradients anyway
+    from inputiba import InputIBA, InputIBAConfig
+
+    iba = IBA(tiny_cnn, "features.2")
+    iba.estimate(image_loader, n_samples=20)
+    x = torch.randn(2, 3, 16, 16)
+    expected = iba.attribute(x, target=[0, 1], seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(iba.attribute(x, target=[0, 1], seed=0), expected)
+        cfg = InputIBAConfig()
+        cfg.input.steps = 2
+        att = InputIBA(tiny_cnn, "features.2", cfg)
+        att.estimate(image_loader, n_samples=20)
+        assert att.attribute(x, target=[0, 1], seed=0).shape == (2, 16, 16)
+    assert torch.is_grad_enabled()
