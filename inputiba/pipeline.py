@@ -461,13 +461,29 @@ def _advance(bar, stage: str) -> None:
 
 
 def _log_losses(writer, part: InputIBAResult, batch: int) -> None:
-    """Per-stage losses (mean over the batch's inputs) as TensorBoard scalars."""
+    """Per-stage losses (mean over the batch's inputs) as TensorBoard scalars, and each stage's map as images.
+
+    Image maps are written as ``(B, 1, H, W)`` images in ``[0, 1]``: the masks
+    as they are, the feature map (bits) divided by each input's largest value
+    (the scalar ``batch<k>/feature/max_bits`` keeps that scale).
+    """
     series = {"feature/loss": part.feature.losses, "input/loss": part.input.losses}
     if part.gan is not None:
         series.update({"gan/critic_loss": part.gan.critic_losses, "gan/generator_loss": part.gan.generator_losses})
     for tag, values in series.items():
         for step, value in enumerate(values.mean(dim=1).tolist()):
             writer.add_scalar(f"batch{batch}/{tag}", value, step)
+    if part.mask.dim() != 3:  # text: no images
+        return
+    bits = part.feature_map
+    top = bits.flatten(1).amax(1).clamp_min(1e-12)
+    maps = {"feature/map_scaled": bits / top.view(-1, 1, 1), "prior/lambda_G": part.gan_mask.mean(dim=1),
+            "input/mask": part.mask}
+    for tag, images in maps.items():
+        writer.add_images(f"batch{batch}/{tag}", images.detach().float().cpu().clamp(0, 1).unsqueeze(1),
+                          dataformats="NCHW")
+    for i, value in enumerate(top.tolist()):
+        writer.add_scalar(f"batch{batch}/feature/max_bits", value, i)
 
 
 def _gather(parts: list[InputIBAResult], chunks, total: int, length: int | None) -> InputIBAResult:

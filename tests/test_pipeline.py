@@ -116,7 +116,15 @@ def test_chunks_and_tensorboard_logging(left_half, tmp_path):
     assert res.mask.shape == (3, 16, 16) and res.targets.shape == (3,)
     assert res.gan.critic_losses.shape[1] == 3 and res.input.losses.shape == (20, 3)
     assert set(res.seconds) == {"feature", "gan", "input"} and all(v > 0 for v in res.seconds.values())
-    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+    events = [p for p in tmp_path.iterdir() if p.name.startswith("events.out.tfevents")]
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    images = log.Tags()["images"]
+    for k in (0, 1):  # two batches of max_batch 2
+        assert {f"batch{k}/feature/map_scaled", f"batch{k}/prior/lambda_G", f"batch{k}/input/mask"} <= set(images)
+        assert f"batch{k}/input/loss" in log.Tags()["scalars"]
 
 
 def test_presets_by_architecture():
