@@ -21,10 +21,13 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m inputiba demo
 
-# the real data some tests train and evaluate on: Debian's package (as root; otherwise install it yourself)
+# what some tests need from Debian (as root; otherwise install it yourself): the real data set the tests
+# train and evaluate on, and a browser for the report's page test
 data:
 	@test -d $(FASHION) || apt-get install -y dataset-fashion-mnist || \
 		echo "warning: could not install dataset-fashion-mnist; the tests that need it will be skipped"
+	@command -v chromium > /dev/null || apt-get install -y chromium || \
+		echo "warning: could not install chromium; the browser test of the report will be skipped"
 
 test: setup data
 	$(PY) -m ruff check --select F,E9 .

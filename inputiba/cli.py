@@ -5,7 +5,7 @@ among distractors) with InputIBA on the bundled VGG-style CNN and writes, per
 canvas, every stage's float maps (``.npz``) and a figure: the canvas with the
 object's box, the IBA map of the feature stage (bits per pixel), the input
 prior ``lambda_G`` and the InputIBA mask. ``inputiba evaluate CONFIG`` runs the
-evaluation harness.
+evaluation harness; ``inputiba report OUTDIR`` writes an HTML report of a run.
 """
 from __future__ import annotations
 
@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                                          "e.g. configs/evaluate_fashion_mnist.toml")
     evaluate.add_argument("--retry-failed", action="store_true",
                           help="evaluate again the samples an earlier run recorded as failed")
+    evaluate.add_argument("--report", action="store_true", help="also write <out_dir>/report.html")
+    report = sub.add_parser("report", help="write an HTML report of a run's output folder")
+    report.add_argument("folder", help="a run's output folder (vision/attribute.py, demo, evaluate, explain.py)")
+    report.add_argument("--page-size", type=int, default=60, help="maps per page (default: 60)")
     return parser
 
 
@@ -116,6 +120,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(result.markdown())
     for name, path in result.files.items():
         print(f"{name + ':':20s}{path}")
+    if args.report:
+        from .report import write_report
+
+        print(f"{'report:':20s}{write_report(config.harness.out_dir)[0]}")
     if result.failed:
         listed = "; ".join(f"{row}: {', '.join(map(str, items))}" for row, items in result.failed.items())
         print(f"inputiba: {sum(map(len, result.failed.values()))} evaluations failed and are left out "
@@ -123,6 +131,13 @@ def _evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    for path in write_report(args.folder, page_size=args.page_size):
+        print(f"report: {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     def run(args: list[str]) -> int:
         parsed = _parser().parse_args(args)
-        return {"demo": _demo, "evaluate": _evaluate}[parsed.command](parsed) or 0
+        return {"demo": _demo, "evaluate": _evaluate, "report": _report}[parsed.command](parsed) or 0
 
     return run_command(run, argv, "inputiba")
 

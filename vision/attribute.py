@@ -89,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="images attributed together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="progress bar over the stages")
+    p.add_argument("--report", action="store_true", help="also write <out>/report.html of the whole folder")
     p.add_argument("--retry-failed", action="store_true",
                    help="retry the images an earlier run recorded in failures.jsonl (default: skip them)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -282,6 +283,10 @@ def _run(args, rank: int, world: int) -> int:
     print(f"rank {rank}: {written} written, {failed} failed"
           + (f", {len(skipped)} skipped as failed before" if skipped else "")
           + (f" (see {failures.path})" if failed or skipped else ""), flush=True)
+    if args.report and rank == 0:
+        from inputiba.report import write_report
+
+        print(f"report: {write_report(out)[0]}", flush=True)
     return 1 if failed or skipped else 0
 
 
