@@ -13,8 +13,9 @@ large runs):
   on a column, and its curve figures;
 - the texts of ``nlp/explain.py --json`` files, coloured on one scale with a
   legend;
-- the settings of every method (``settings.json``) and the versions that
-  made the report.
+- the settings of the run (``run.json`` of ``vision/attribute.py``, each
+  method's ``settings.json`` of an evaluation) and the versions that made the
+  report.
 
 Every name and value is HTML-escaped, file names are URL-quoted, and the page
 loads nothing from the network: open it from the folder (it links its images
@@ -186,10 +187,14 @@ def _token_section(root: Path) -> str:
 
 
 def _settings_section(root: Path) -> str:
+    """The run's settings: ``run.json`` of ``vision/attribute.py``, each method's ``settings.json``."""
     blocks = []
-    for path in sorted(root.glob("samples/*/settings.json")):
+    for path in [root / "run.json", *sorted(root.glob("samples/*/settings.json"))]:
+        if not path.is_file():
+            continue
+        name = "the run" if path.name == "run.json" else path.parent.name
         text = path.read_text(encoding="utf-8")
-        blocks.append(f"<details><summary>{html.escape(path.parent.name)}</summary>"
+        blocks.append(f"<details open><summary>{html.escape(name)}</summary>"
                       f"<pre>{html.escape(text)}</pre></details>")
     return "<h2>Settings</h2>" + "".join(blocks) if blocks else ""
 

@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--html", default=None, help="write an HTML page here")
     p.add_argument("--json", default=None, help="write the scores as JSON here")
     p.add_argument("--quiet", action="store_true", help="print nothing to the terminal")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html beside the --json file (every JSON of that folder)")
     p.add_argument("--per-text-scale", action="store_true",
                    help="colour each text by its own lowest..highest score (labelled; not comparable across "
                         "texts) instead of one scale for all: the mask's [0, 1], or 0 .. the largest bits")
@@ -139,6 +141,8 @@ def _default_stats(checkpoint: str | None) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report and not args.json:
+        raise UsageError("--report reads the scores of --json: give --json FILE as well")
     for path in (args.html, args.json):
         if path:
             writable_folder(Path(path).resolve().parent, f"folder of {path}")
@@ -188,6 +192,10 @@ def main(argv=None) -> int:
     if args.json:
         with atomic_path(args.json) as tmp:
             Path(tmp).write_text(scores_to_json(items), encoding="utf-8")
+    if args.report:
+        from inputiba.report import write_report
+
+        print(f"report: {write_report(Path(args.json).resolve().parent)[0]}", file=sys.stderr)
     if n_failed:
         where = f" (see {failures.path})" if failures is not None else ""
         print(f"{len(kept)} explained, {n_failed} failed{where}", file=sys.stderr)

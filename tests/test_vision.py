@@ -240,3 +240,13 @@ def test_killed_runs_resume_without_loss_or_change(tree, tmp_path):
         for key in ("feature_map", "gan_mask", "mask", "target"):
             np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5, err_msg=f"{rel} {key}")
         assert (out / rel).with_suffix(".png").stat().st_size > 1000
+
+
+def test_report_flag_writes_the_runs_page_with_its_settings(tree, tmp_path):
+    script = _script()
+    assert script.main(_fashion_args(tree, tmp_path, "--method", "iba", "--report")) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<figure>") == 6 and 'src="a/img0.png"' in page
+    settings = json.loads((tmp_path / "run.json").read_text())
+    assert settings["arch"] == "fashion_cnn" and settings["method"] == "iba"
+    assert "the run" in page and "&quot;arch&quot;: &quot;fashion_cnn&quot;" in page

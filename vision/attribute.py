@@ -39,6 +39,7 @@ attribution in [0, 1]) for InputIBA, plus ``target``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections import Counter
@@ -51,7 +52,7 @@ from torchvision import transforms
 from inputiba import IBA, InputIBA, input_seed
 from inputiba.config import load_config
 from inputiba.datasets import fashion_mnist_transform
-from inputiba.io import FailureLog, distributed_rank, run_command, save_npz, shard, writable_folder
+from inputiba.io import FailureLog, atomic_path, distributed_rank, run_command, save_npz, shard, writable_folder
 from inputiba.models import FASHION_CNN_LAYER, load_model
 from inputiba.pipeline import SCHEDULES, preset_for, schedule
 from inputiba.plotting import plot_panels
@@ -257,6 +258,10 @@ def _run(args, rank: int, world: int) -> int:
     print(f"rank {rank}/{world}: {len(mine)} images, {len(mine) - len(todo) - len(skipped)} already done"
           + (f", {len(skipped)} failed before (--retry-failed retries them)" if skipped else ""), flush=True)
 
+    if rank == 0:  # what produced the maps, for the report and for whoever reads them later
+        settings = {k: v for k, v in vars(args).items() if k not in ("debug", "progress", "report", "retry_failed")}
+        with atomic_path(out / "run.json", suffix=".json") as tmp:
+            Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
     model = load_model(args.arch, args.weights, args.num_classes).to(args.device)
     transform = build_transform(args)
     attributor = make_attributor(args, model)
