@@ -124,6 +124,8 @@ def _map_entries(root: Path) -> list[tuple[str, str]]:
             with np.load(npz) as data:
                 if "target" in data.files:
                     target = str(int(data["target"]))
+                if "probability" in data.files:
+                    target += f", p = {float(data['probability']):.3f}"
         except (OSError, ValueError):
             target = "unreadable"
         entries.append((png.relative_to(root).as_posix(), target))

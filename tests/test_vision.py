@@ -246,7 +246,8 @@ def test_report_flag_writes_the_runs_page_with_its_settings(tree, tmp_path):
     script = _script()
     assert script.main(_fashion_args(tree, tmp_path, "--method", "iba", "--report")) == 0
     page = (tmp_path / "report.html").read_text()
-    assert page.count("<figure>") == 6 and 'src="a/img0.png"' in page
+    assert page.count("<figure>") == 6 and 'src="a/img0.png"' in page 
+    assert len(re.findall(r"— target \d+, p = [01]\.\d{3}<", page)) == 6
     settings = json.loads((tmp_path / "run.json").read_text())
     assert settings["arch"] == "fashion_cnn" and settings["method"] == "iba"
     assert "the run" in page and "&quot;arch&quot;: &quot;fashion_cnn&quot;" in page

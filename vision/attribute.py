@@ -34,7 +34,8 @@ float rounding.
 
 The ``.npz`` holds ``feature_map`` (bits per pixel) for both methods, and
 ``gan_mask`` (``lambda_G`` averaged over channels) and ``mask`` (InputIBA's
-attribution in [0, 1]) for InputIBA, plus ``target``.
+attribution in [0, 1]) for InputIBA, plus ``target`` and ``probability`` (the
+model's probability of that class).
 """
 from __future__ import annotations
 
@@ -324,14 +325,16 @@ def _attribute_and_write(args, attributor, classes, out: Path, loaded: list, ran
     else:
         res = attributor.attribute(x, target, seed=seed, return_stages=True, progress=args.progress)
         maps = {"feature_map": res.feature_map, "gan_mask": res.gan_mask.mean(dim=1), "mask": res.mask}
+    with torch.no_grad():  # the model's probability of each explained class, for the figure and the report
+        probs = torch.softmax(attributor.model(x), dim=1).gather(1, res.targets.view(-1, 1).to(x.device)).squeeze(1)
     for i, rel in enumerate(batch):
         npz, png = outputs_for(out, rel)
-        save_npz(npz, target=res.targets[i], **{k: v[i] for k, v in maps.items()})
+        save_npz(npz, target=res.targets[i], probability=probs[i], **{k: v[i] for k, v in maps.items()})
         panels = {"IBA (feature stage)": (maps["feature_map"][i], "bits per pixel")}
         if args.method == "inputiba":
             panels["prior lambda_G"] = (maps["gan_mask"][i], "mask")
             panels["InputIBA"] = (maps["mask"][i], "mask")
-        plot_panels(x[i], panels, png, title=f"{rel} (class {int(res.targets[i])})")
+        plot_panels(x[i], panels, png, title=f"{rel} (class {int(res.targets[i])}, p = {float(probs[i]):.2f})")
         failures.clear(rel.as_posix())
         print(f"rank {rank}: wrote {rel}", flush=True)
     return len(batch)
