@@ -67,3 +67,23 @@ def test_report_loads_in_a_real_browser(run_folder, tmp_path):
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     low, high = Image.open(shot).convert("L").getextrema()
     assert high - low > 100  # not blank: dark text on a light page
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium here: `apt-get install chromium` (make test does)")
+def test_token_page_loads_in_a_real_browser(tmp_path):
+    from inputiba.text import TokenScores, render_html
+
+    items = [TokenScores(["<script>alert(1)</script>", "dull"], [0.01, 0.95], "rotten", 0.9),
+             TokenScores(["fine"], [0.5], "fresh", 0.7)]
+    page = tmp_path / "tokens.html"
+    page.write_text(render_html(items, "tokens", scale=(0.0, 1.0), unit="mask"))
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run(base + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and "Uncaught" not in dom.stderr
+    assert dom.stdout.count('title="') == 3 and "<script>alert" not in dom.stdout  # escaped, not run
+    assert "colour scale 0 (white) to 1 (red), mask" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + ["--window-size=800,400", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120)
+    low, high = Image.open(shot).convert("L").getextrema()
+    assert high - low > 100
