@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import model_fingerprint
+from conftest import TinyCNN, model_fingerprint
 from inputiba.gan import GANConfig
 from inputiba.iba import IBAConfig
 from inputiba.methods import available_methods, get_method
@@ -348,3 +348,26 @@ def test_grad_cam_reads_the_last_conv_activation_by_default():
     following = dict(model.named_modules())[cam.layer]
     assert isinstance(following, nn.ReLU) and cam.layer != names[-1]
     assert get_method("grad_cam", model, layer=names[-1]).layer == names[-1]
+
+
+def test_a_given_target_costs_no_extra_forward_pass_after_the_first_call():
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    calls = []
+    handle = model.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    try:
+        method = get_method("gradient", model)
+        x = torch.randn(2, 3, 16, 16)
+        method.attribute(x, target=[1, 2])
+        first = len(calls)
+        calls.clear()
+        again = method.attribute(x, target=[1, 2])
+        assert len(calls) == first - 1  # the probe that reads the number of classes is gone
+        calls.clear()
+        method.attribute(x)  # target=None still needs the prediction
+        assert len(calls) == first
+        with pytest.raises(ValueError, match="target 5 is out of range for a model with 5 classes"):
+            method.attribute(x, target=5)
+    finally:
+        handle.remove()
+    assert again.shape == (2, 16, 16)

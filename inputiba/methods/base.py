@@ -126,13 +126,25 @@ class AttributionMethod:
             raise TypeError(f"inputs must be a float tensor, got dtype {inputs.dtype}")
         check_finite(inputs)
         x = inputs.detach().to(model_device(self.model))
+        # the classes are read from one forward pass per input shape; with a given target, later calls
+        # skip that pass (it is a third of a gradient method's cost on one image)
+        known = self.__dict__.setdefault("_n_classes", {})
+        key = tuple(x.shape[1:])
         with preserved_state(self.model):
-            with torch.no_grad():
-                logits = run_model(self.model, x)
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-                raise ValueError(f"{self.name} needs a model that returns (B, K) scores, got {shape}")
-            targets = resolve_targets(target, logits, x.shape[0], x.device)
+            if target is None or key not in known:
+                with torch.no_grad():
+                    logits = run_model(self.model, x)
+                if not isinstance(logits, Tensor) or logits.dim() != 2:
+                    shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                    raise ValueError(f"{self.name} needs a model that returns (B, K) scores, got {shape}")
+                known[key] = logits.shape[1]
+                targets = resolve_targets(target, logits, x.shape[0], x.device)
+            else:
+                targets = resolve_targets(target, None, x.shape[0], x.device)
+                bad = (targets < 0) | (targets >= known[key])
+                if bad.any():
+                    raise ValueError(f"target {targets[bad][0].item()} is out of range for a model with "
+                                     f"{known[key]} classes")
             out = self._attribute(x, targets)
         expected = (x.shape[0],) + tuple(x.shape[-2:])
         if tuple(out.shape) != expected:
