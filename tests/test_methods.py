@@ -371,3 +371,21 @@ def test_a_given_target_costs_no_extra_forward_pass_after_the_first_call():
     finally:
         handle.remove()
     assert again.shape == (2, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvolution"])
+def test_the_hooked_copy_is_reused_until_the_model_changes(name):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    method = get_method(name, model)
+    x = torch.randn(2, 3, 16, 16)
+    first = method.attribute(x, target=[0, 1])
+    copy_ = method._copy[1]
+    torch.testing.assert_close(method.attribute(x, target=[0, 1]), first)
+    assert method._copy[1] is copy_  # no deep copy on the second call
+    with torch.no_grad():
+        model.features[0].weight.mul_(-1)  # in place: the copy must be made again
+    changed = method.attribute(x, target=[0, 1])
+    assert method._copy[1] is not copy_
+    torch.testing.assert_close(changed, get_method(name, model).attribute(x, target=[0, 1]))
+    assert not torch.allclose(changed, first)

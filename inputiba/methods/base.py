@@ -151,6 +151,23 @@ class AttributionMethod:
             raise RuntimeError(f"{self.name} returned a map of shape {tuple(out.shape)}, expected {expected}")
         return out.detach().to(inputs.device)
 
+    def model_copy(self) -> nn.Module:
+        """:func:`detached_copy` of the model, made again only when its weights, buffers or modes changed.
+
+        For methods that hook a copy at every call (guided backprop, deconvnet):
+        one deep copy per model state instead of one per call. A change is
+        seen through each tensor's storage and in-place version counter.
+        """
+        stamp = _state_stamp(self.model)
+        cached = self.__dict__.get("_copy")
+        if cached is None or cached[0] != stamp:
+            self._copy = (stamp, detached_copy(self.model))
+        return self._copy[1]
+
+    def forget_model_copy(self) -> None:
+        """Drop the cached copy (after a call on it failed, hooks may be left on it)."""
+        self.__dict__.pop("_copy", None)
+
     def _attribute_tokens(self, ids: Tensor, target) -> Tensor:
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point():
             got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
@@ -304,6 +321,12 @@ def generator(seed: int | None) -> torch.Generator:
 _INPLACE_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Hardtanh,
                   nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.Threshold, nn.RReLU,
                   nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+
+
+def _state_stamp(model: nn.Module) -> tuple:
+    """What identifies a model's current state: its tensors' storages and versions, and its modes."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return (tuple((t.data_ptr(), t._version) for t in tensors), tuple(m.training for m in model.modules()))
 
 
 def detached_copy(model: nn.Module) -> nn.Module:

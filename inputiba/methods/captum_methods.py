@@ -182,7 +182,11 @@ class GuidedBackprop(CaptumMethod):
     default_reduction = "max_abs"
 
     def _captum_attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        return self.captum.GuidedBackprop(detached_copy(self.model)).attribute(x, target=targets)
+        try:
+            return self.captum.GuidedBackprop(self.model_copy()).attribute(x, target=targets)
+        except BaseException:
+            self.forget_model_copy()
+            raise
 
 
 @register("deconvolution")
@@ -198,7 +202,11 @@ class Deconvolution(CaptumMethod):
     default_reduction = "max_abs"
 
     def _captum_attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        return self.captum.Deconvolution(detached_copy(self.model)).attribute(x, target=targets)
+        try:
+            return self.captum.Deconvolution(self.model_copy()).attribute(x, target=targets)
+        except BaseException:
+            self.forget_model_copy()
+            raise
 
 
 @register("grad_cam")
