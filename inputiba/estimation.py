@@ -51,7 +51,12 @@ def batch_moments(x: Tensor, mask: Tensor | None = None) -> Moments:
     """
     dtype = _accumulator_dtype(x.device)
     x = x.detach().to(dtype)
-    w = torch.ones_like(x) if mask is None else mask.to(dtype).expand_as(x)
+    if mask is None:  # every element counts: the same sums without a tensor of ones to multiply by
+        count = torch.full(x.shape[1:], float(x.shape[0]), dtype=dtype, device=x.device)
+        mean = x.sum(0) / count.clamp_min(1)
+        centred = x - mean
+        return Moments(count, mean, (centred * centred).sum(0), (x != 0).sum(0, dtype=dtype), (x * x).sum(0))
+    w = mask.to(dtype).expand_as(x)
     count = w.sum(0)
     mean = (w * x).sum(0) / count.clamp_min(1)
     m2 = (w * (x - mean) ** 2).sum(0)

@@ -115,3 +115,11 @@ def test_save_load_round_trip_and_corrupt_files(tmp_path):
         FeatureStats.load(tmp_path / "zero_std.pt")
     with pytest.raises(FileNotFoundError):
         FeatureStats.load(tmp_path / "missing.pt")
+
+
+def test_unmasked_moments_equal_moments_with_a_mask_of_ones():
+    x = torch.relu(torch.randn(37, 3, 5, 4, generator=torch.Generator().manual_seed(2)))
+    plain, weighted = batch_moments(x), batch_moments(x, torch.ones(1, 3, 5, 4))
+    for field in ("count", "mean", "m2", "nonzero", "sumsq"):
+        assert torch.equal(getattr(plain, field), getattr(weighted, field)), field
+    assert float(plain.count[0, 0, 0]) == 37 and plain.mean.dtype == torch.float64
