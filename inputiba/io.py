@@ -6,7 +6,10 @@ Every checkpoint-like file of the library is read by :func:`load_weights_only`
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import os
+import sys
 import tempfile
 from typing import Iterator, Sequence, TypeVar
 
@@ -150,8 +153,6 @@ class FailureLog:
 
     @staticmethod
     def _read(path: str) -> list[dict]:
-        import json
-
         if not os.path.isfile(path):
             return []
         records = []
@@ -167,8 +168,6 @@ class FailureLog:
 
     def keys(self) -> set[str]:
         """Keys recorded as failed by any rank's file in the folder."""
-        import glob
-
         found = set()
         for path in glob.glob(os.path.join(glob.escape(self.folder), "failures*.jsonl")):
             found |= {r["key"] for r in self._read(path)}
@@ -186,8 +185,6 @@ class FailureLog:
             self._write()
 
     def _write(self) -> None:
-        import json
-
         body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
         with atomic_path(self.path, suffix=".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(body)
@@ -207,8 +204,6 @@ def run_command(main, argv, prog: str) -> int:
     ``--debug`` anywhere in ``argv`` (it is removed before ``main`` sees it)
     lets the traceback through instead.
     """
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

@@ -32,7 +32,7 @@ from .adapters import MASK_STARTS, adapter_for, batch_chunks, gather_chunks
 from .estimation import FeatureStats, estimate_stats
 from .gan import BatchedCritic, GANConfig, GANResult, fit_gan
 from .hooks import channels_last_where_safe, conv_layout, cudnn_rnn_disabled, features_at, preserved_state
-from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, row_loss_for
+from .iba import IBA, BottleneckFit, IBAConfig, IBAResult, LossFn, _gather_results, row_loss_for
 from .input_stage import (INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, TEXT_INPUT_PUBLISHED, fit_input_bottleneck,
                           input_attribution)
 from .io import atomic_path
@@ -364,9 +364,10 @@ class InputIBA:
             full = activation_bytes(self.model, lambda: self.model(one))
             prefix = critic = 0
             if cfg.gan is not None:
-                prefix = activation_bytes(self.model, lambda: features_at(self.model, iba.layer, one, iba.layer_name))
-                with torch.no_grad():
-                    feats = features_at(self.model, iba.layer, one, iba.layer_name)
+                kept = {}
+                prefix = activation_bytes(self.model, lambda: kept.setdefault(
+                    "features", features_at(self.model, iba.layer, one, iba.layer_name)))
+                feats = kept["features"]
                 channels = self.adapter.critic_view(feats.unsqueeze(1), None).shape[2]
                 with torch.device("meta"):
                     lone = BatchedCritic(1, channels, cfg.gan.critic, cfg.gan.critic_width, self.adapter.critic_dims)
@@ -501,10 +502,7 @@ def _gather(parts: list[InputIBAResult], chunks, total: int, length: int | None)
     def field(objects, name, **kw):
         return gather((getattr(o, name) for o in objects), **kw)
 
-    feats = [p.feature for p in parts]
-    feature = IBAResult(field(feats, "saliency"), field(feats, "capacity"), field(feats, "lam"),
-                        field(feats, "alpha"), field(feats, "targets", per_position=False),
-                        field(feats, "losses", per_position=False, batch_dim=1))
+    feature = _gather_results([p.feature for p in parts], chunks, total, length)
     gan = None
     if parts[0].gan is not None:
         gans = [p.gan for p in parts]

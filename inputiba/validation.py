@@ -68,12 +68,13 @@ def run_model(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def resolve_targets(target: int | Sequence[int] | Tensor | None, logits: Tensor | None,
-                    batch_size: int, device: torch.device) -> Tensor:
+                    batch_size: int, device: torch.device, n_classes: int | None = None) -> Tensor:
     """One class index per input as a ``(B,)`` long tensor.
 
     ``None`` takes the predicted class from ``logits``; an int applies to every
     input; a sequence or tensor must hold exactly one index per input. Indices
-    are checked against the number of classes in ``logits`` when given.
+    are checked against the number of classes: ``n_classes``, else that of
+    ``logits`` when given.
     """
     if target is None:
         if logits is None:
@@ -90,8 +91,9 @@ def resolve_targets(target: int | Sequence[int] | Tensor | None, logits: Tensor 
         t = t.long().reshape(-1)
         if t.numel() != batch_size:
             raise ValueError(f"got {t.numel()} targets for {batch_size} inputs; give one per input or one int")
-    if logits is not None:
+    if n_classes is None and logits is not None:
         n_classes = logits.shape[1]
+    if n_classes is not None:
         bad = (t < 0) | (t >= n_classes)
         if bad.any():
             raise ValueError(

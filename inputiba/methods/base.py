@@ -140,33 +140,31 @@ class AttributionMethod:
                 known[key] = logits.shape[1]
                 targets = resolve_targets(target, logits, x.shape[0], x.device)
             else:
-                targets = resolve_targets(target, None, x.shape[0], x.device)
-                bad = (targets < 0) | (targets >= known[key])
-                if bad.any():
-                    raise ValueError(f"target {targets[bad][0].item()} is out of range for a model with "
-                                     f"{known[key]} classes")
+                targets = resolve_targets(target, None, x.shape[0], x.device, n_classes=known[key])
             out = self._attribute(x, targets)
         expected = (x.shape[0],) + tuple(x.shape[-2:])
         if tuple(out.shape) != expected:
             raise RuntimeError(f"{self.name} returned a map of shape {tuple(out.shape)}, expected {expected}")
         return out.detach().to(inputs.device)
 
-    def model_copy(self) -> nn.Module:
+    @contextlib.contextmanager
+    def model_copy(self) -> Iterator[nn.Module]:
         """:func:`detached_copy` of the model, made again only when its weights, buffers or modes changed.
 
         For methods that hook a copy at every call (guided backprop, deconvnet):
         one deep copy per model state instead of one per call. A change is
-        seen through each tensor's storage and in-place version counter.
+        seen through each tensor's storage and in-place version counter. If the
+        block raises, the copy is dropped (hooks may be left on it).
         """
         stamp = _state_stamp(self.model)
         cached = self.__dict__.get("_copy")
         if cached is None or cached[0] != stamp:
-            self._copy = (stamp, detached_copy(self.model))
-        return self._copy[1]
-
-    def forget_model_copy(self) -> None:
-        """Drop the cached copy (after a call on it failed, hooks may be left on it)."""
-        self.__dict__.pop("_copy", None)
+            self._copy = cached = (stamp, detached_copy(self.model))
+        try:
+            yield cached[1]
+        except BaseException:
+            self.__dict__.pop("_copy", None)
+            raise
 
     def _attribute_tokens(self, ids: Tensor, target) -> Tensor:
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point():

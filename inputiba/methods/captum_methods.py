@@ -182,11 +182,8 @@ class GuidedBackprop(CaptumMethod):
     default_reduction = "max_abs"
 
     def _captum_attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        try:
-            return self.captum.GuidedBackprop(self.model_copy()).attribute(x, target=targets)
-        except BaseException:
-            self.forget_model_copy()
-            raise
+        with self.model_copy() as clone:
+            return self.captum.GuidedBackprop(clone).attribute(x, target=targets)
 
 
 @register("deconvolution")
@@ -202,11 +199,8 @@ class Deconvolution(CaptumMethod):
     default_reduction = "max_abs"
 
     def _captum_attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        try:
-            return self.captum.Deconvolution(self.model_copy()).attribute(x, target=targets)
-        except BaseException:
-            self.forget_model_copy()
-            raise
+        with self.model_copy() as clone:
+            return self.captum.Deconvolution(clone).attribute(x, target=targets)
 
 
 @register("grad_cam")
