@@ -15,10 +15,12 @@ epochs     GAN epochs; ``n_samples``, ``critic_steps``, ``critic`` likewise
 steps      input-stage Adam steps; ``copies`` its noisy copies; ``beta``,
            ``lr``, ``sigma`` likewise
 fbeta      feature-stage beta
+precision  both bottleneck stages' precision (``InputIBAConfig.with_precision``)
 =========  ==============================================================
 
 Two named variants stand apart: ``published`` (``InputIBAConfig.published()``)
-and ``iba`` (the plain IBA map, beta 10, as on the results page).
+and ``iba`` (the plain IBA map, beta 10, as on the results page; ``iba,precision=bfloat16``
+at another precision).
 
 Data: ``cluttered`` explains held-out canvases of the cluttered benchmark (the
 test split drawn with seed 1, not the results page's seed-0 canvases) with the
@@ -77,6 +79,8 @@ def parse_variant(spec: str) -> InputIBAConfig:
             cfg = replace(cfg, input=replace(cfg.input, **{field: INPUT_KEYS[key](value)}))
         elif key == "fbeta":
             cfg = replace(cfg, feature=replace(cfg.feature, beta=float(value)))
+        elif key == "precision":
+            cfg = cfg.with_precision(value)
         else:
             raise ValueError(f"{spec}: unknown key {key!r}")
     return replace(cfg, gan=gan)
@@ -113,8 +117,11 @@ def load_data(name: str, n: int, root: str):
 def explain(spec: str, model, layer, stats, x, target, seed: int, batch: int) -> dict:
     """Maps (and GAN movement, seconds) of one variant and seed."""
     start = time.perf_counter()
-    if spec == "iba":
-        iba = IBA(model, layer, stats=stats, max_batch=batch)
+    if spec.split(",")[0] == "iba":
+        settings = dict(item.partition("=")[::2] for item in spec.split(",")[1:])
+        if set(settings) - {"precision"}:
+            raise ValueError(f"{spec}: the iba variant takes only precision=")
+        iba = IBA(model, layer, stats=stats, max_batch=batch, **settings)
         maps = iba.attribute(x, target, seed=seed)
         return {"maps": maps, "moved": None, "seconds": time.perf_counter() - start}
     att = InputIBA(model, layer, replace(parse_variant(spec), max_batch=batch), stats=stats)

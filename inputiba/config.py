@@ -1,11 +1,12 @@
 """InputIBA settings from data files (TOML or JSON), never from code.
 
-A file has up to five parts, each overriding the defaults of a schedule
+A file has up to six parts, each overriding the defaults of a schedule
 (``schedule = "default"`` or ``"published"``; the default one if absent)::
 
     schedule = "default"
     max_batch = 8
     mask_start = "bits"
+    precision = "bfloat16"   # both bottleneck stages (InputIBAConfig.with_precision)
 
     [feature]          # IBAConfig of the feature stage
     beta = 20
@@ -45,7 +46,7 @@ def config_from_dict(data: dict, text: bool = False) -> InputIBAConfig:
         data: the table (see the module docstring).
         text: start from the text version of the schedule.
     """
-    known = {"schedule", "feature", "gan", "input", "max_batch", "mask_start"}
+    known = {"schedule", "feature", "gan", "input", "max_batch", "mask_start", "precision"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(sorted(known))}")
@@ -68,7 +69,8 @@ def config_from_dict(data: dict, text: bool = False) -> InputIBAConfig:
         parts["max_batch"] = int(data["max_batch"])
     if "mask_start" in data:
         parts["mask_start"] = data["mask_start"]
-    return replace(cfg, **parts)
+    cfg = replace(cfg, **parts)
+    return cfg.with_precision(data["precision"]) if "precision" in data else cfg
 
 
 def read_data_file(path: str | os.PathLike) -> dict:

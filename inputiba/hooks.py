@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import weakref
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from .validation import MODEL_ERRORS, rejected_input
 __all__ = [
     "channels_last_where_safe",
     "conv_layout",
+    "model_stamp",
     "resolve_layer",
     "forward_hooks",
     "replaced",
@@ -177,14 +179,37 @@ def channels_last_where_safe(models: Sequence[nn.Module], inputs: Tensor) -> Ite
         _CHANNELS_LAST.reset(token)
 
 
+# the probe's answers per model: (model_stamp, {(input shape, dtype, device): accepts})
+_PROBED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
 def _accepts_channels_last(model: nn.Module, inputs: Tensor) -> bool:
-    probe = inputs[:1].contiguous(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            model(probe)
-    except MODEL_ERRORS:
-        return False
-    return True
+    """Whether ``model`` runs on a channels-last batch like ``inputs``: probed once per model state and shape."""
+    stamp = model_stamp(model)
+    if model not in _PROBED or _PROBED[model][0] != stamp:
+        _PROBED[model] = (stamp, {})
+    answers = _PROBED[model][1]
+    key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
+    if key not in answers:
+        probe = inputs[:1].contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.no_grad():
+                model(probe)
+            answers[key] = True
+        except MODEL_ERRORS:
+            answers[key] = False
+    return answers[key]
+
+
+def model_stamp(model: nn.Module) -> tuple:
+    """What identifies a model's current state: its tensors' storages and versions, and its modes.
+
+    Anything kept about a model (a hooked copy, a traced cut, a layout
+    probe) is valid while its stamp is unchanged: a weight loaded, a module
+    replaced or a train/eval switch changes it.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    return (tuple((t.data_ptr(), t._version) for t in tensors), tuple(m.training for m in model.modules()))
 
 
 @contextlib.contextmanager

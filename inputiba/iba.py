@@ -24,9 +24,11 @@ from torch import Tensor, nn
 from .adapters import Adapter, adapter_for, batch_chunks, expand_valid, gather_chunks
 from .bottleneck import kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
+from .precision import PRECISIONS, compute_dtype, lowered
 from .seeding import InputStreams, Seeds, input_seeds
+from .split import Split, outputs_match, split_at
 from .hooks import (LayerNotReached, channels_last_where_safe, conv_layout, cudnn_rnn_disabled, forward_hooks,
-                    layer_tensor, preserved_state, replaced, resolve_layer, with_layer_tensor)
+                    layer_tensor, model_stamp, preserved_state, replaced, resolve_layer, with_layer_tensor)
 from .validation import (check_finite, check_model, check_settings, model_device, resolve_targets, run_model,
                          slice_targets, with_overrides)
 
@@ -37,6 +39,9 @@ LossFn = Callable[[Tensor, object], Tensor]
 
 #: How the capacity enters the loss (:attr:`IBAConfig.information`).
 INFORMATION_TERMS = ("mean", "per_position")
+
+# float16 fits scale the loss by this (and the gradient back), as a fixed-scale GradScaler would
+_FLOAT16_LOSS_SCALE = 1024.0
 
 
 @dataclass
@@ -73,6 +78,10 @@ class IBAConfig:
             positions of its mean over the channels, so that a position's
             price does not depend on how many positions there are (text: a
             token costs the same in a short and in a long text).
+        precision: what the network runs at during the fit (:data:`~inputiba.precision.PRECISIONS`):
+            ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (bfloat16
+            where the device runs it natively, see :mod:`inputiba.precision`);
+            the mask and the loss stay in float32.
     """
 
     beta: float = 10.0
@@ -88,6 +97,7 @@ class IBAConfig:
     copies_at_layer: bool = True
     shared_mask: bool = False
     information: str = "mean"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         check_settings(self, positive=("steps", "n_copies", "max_batch", "lr"),
@@ -95,6 +105,8 @@ class IBAConfig:
         if self.information not in INFORMATION_TERMS:
             raise ValueError(f"information must be one of {', '.join(INFORMATION_TERMS)}; "
                              f"got {self.information!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
     @classmethod
     def text(cls, **overrides) -> "IBAConfig":
@@ -175,6 +187,8 @@ class IBA:
         self.stats = stats
         self._last_lam: Tensor | None = None
         self._expand_ok: dict[bool, bool] = {}
+        self._split: tuple[tuple, Split | None] | None = None  # (model stamp, cut), traced once per state
+        self._split_copies_ok: dict[bool, bool] = {}
 
     # ------------------------------------------------------------------ statistics
     def estimate(self, loader: Iterable, n_samples: int = 1000, progress: bool = False) -> FeatureStats:
@@ -295,12 +309,13 @@ class IBA:
                 f"inputs of shape {tuple(x.shape[1:])}, but the statistics were estimated for "
                 f"{tuple(stats.shape)}; estimate them at this input size")
         targets, row_loss = row_loss_for(target, logits, loss_fn, B, S)
-        expand = self._can_expand(x, features, logits, S)
+        cut = self._cut(x, logits, S)
+        expand = cut is not None or self._can_expand(x, features, logits, S)
         valid = self.adapter.valid(x)
         fit = fit_bottleneck(
             self.model, self.layer, "output", features, x if expand else x.repeat_interleave(S, dim=0),
             stats, cfg, row_loss, seed=seed, valid=expand_valid(valid, features), name=self.layer_name,
-            channel_dim=self.adapter.feature_channel_dim)
+            channel_dim=self.adapter.feature_channel_dim, split=cut)
         saliency = self.adapter.feature_saliency(fit.capacity, x, valid)
         return IBAResult(saliency, fit.capacity, fit.lam, fit.alpha, targets, fit.losses)
 
@@ -318,6 +333,31 @@ class IBA:
             raise LayerNotReached(
                 f"the forward pass of {type(self.model).__name__} never called layer {self.layer_name!r}")
         return captured["features"], logits
+
+    def _cut(self, x: Tensor, logits: Tensor, S: int) -> tuple[Split, tuple] | None:
+        """The model cut after the layer, and the prefix's other values for ``S`` copies per input.
+
+        Then the fit's steps run only the network after the layer
+        (:mod:`inputiba.split`). ``None`` where the copies are made at the
+        input, the model cannot be traced, or the cut does not reproduce
+        ``logits`` for this batch (checked on every call, and once per model
+        and batch kind for ``S`` copies per input).
+        """
+        if not self.config.copies_at_layer:
+            return None
+        stamp = model_stamp(self.model)
+        if self._split is None or self._split[0] != stamp:
+            self._split = (stamp, split_at(self.model, self.layer_name))
+            self._split_copies_ok.clear()
+        split = self._split[1]
+        if split is None:
+            return None
+        key = x.shape[0] == 1
+        others = split.check(x, logits, 1 if self._split_copies_ok.get(key) else S)
+        self._split_copies_ok[key] = others is not None
+        if others is None:
+            return None
+        return split, Split.repeat(others, x.shape[0], S)
 
     def _can_expand(self, x: Tensor, features: Tensor, logits: Tensor, S: int) -> bool:
         """Whether the noisy copies can be made at the layer instead of at the input.
@@ -344,7 +384,7 @@ class IBA:
                 with torch.no_grad(), forward_hooks([(self.layer, copies)]):
                     out = self.model(x)
                 ok = (isinstance(out, Tensor) and out.shape[0] == x.shape[0] * S
-                      and torch.allclose(out, logits.repeat_interleave(S, dim=0), rtol=1e-4, atol=1e-5))
+                      and outputs_match(out, logits.repeat_interleave(S, dim=0)))
             except Exception:
                 ok = False
         self._expand_ok[key] = ok
@@ -405,7 +445,8 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
                    model_inputs: Tensor, stats: FeatureStats, config: IBAConfig,
                    row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,
                    seed: Seeds = None, valid: Tensor | None = None,
-                   name: str = "the layer", channel_dim: int = 1, stream: str = "bottleneck") -> BottleneckFit:
+                   name: str = "the layer", channel_dim: int = 1, stream: str = "bottleneck",
+                   split: tuple[Split, tuple] | None = None) -> BottleneckFit:
     """Optimise one bottleneck mask per input; the loop both IBA stages share.
 
     The bottleneck replaces ``module``'s output (``where="output"``, a hidden
@@ -445,6 +486,13 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
             ``config.information="per_position"``.
         stream: which of each input's random streams the noise comes from
             (stages that share a seed use different streams).
+        split: the model cut after ``module`` (``where="output"``) and the
+            other values of its prefix, with ``n_copies`` rows per input
+            (:class:`inputiba.split.Split`): the steps then run only the
+            network after the layer, and ``model_inputs`` is not used.
+
+    The network runs at ``config.precision`` (:mod:`inputiba.precision`);
+    the mask, its capacity and the optimiser stay in float32.
 
     Returns:
         A :class:`BottleneckFit` (``alpha`` and ``lam`` with 1 channel when
@@ -495,11 +543,26 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
         current["z"] = z
         return z
 
-    with replaced(module, where, bottleneck):
+    if split is None:
+        network, place = model, replaced(module, where, bottleneck)
+    else:
+        network, place = split[0].suffix, contextlib.nullcontext()
+    dtype = compute_dtype(config.precision, device)
+    scale = _FLOAT16_LOSS_SCALE if dtype is torch.float16 else 1.0  # keep small gradients above underflow
+
+    def forward(run) -> Tensor:
+        if split is None:
+            return run(model_inputs)
+        return split[0].run_suffix(conv_layout(bottleneck(features)), split[1], run)
+
+    with place, lowered(network, config.precision, device) as run:
         for step in range(config.steps):
             lam = mask(alpha)
             current["lam"] = lam
-            per_row = row_loss(model(model_inputs))
+            out = forward(run)
+            if isinstance(out, Tensor) and out.is_floating_point():
+                out = out.float()  # the loss in float32 whatever precision the network ran at
+            per_row = row_loss(out)
             if step == 0 and not _reaches(per_row, current["z"]):
                 raise ValueError(
                     f"the bottleneck at {name} does not reach the model's output, so no attribution "
@@ -511,8 +574,8 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
             else:
                 info = kl.mean(1) if valid is None else kl.sum(1) / n_valid
             per_input = per_row.view(B, S).mean(1) + config.beta * info
-            (grad,) = torch.autograd.grad(per_input.sum(), alpha)
-            alpha.grad = grad
+            (grad,) = torch.autograd.grad(per_input.sum() * scale, alpha)
+            alpha.grad = grad / scale if scale != 1.0 else grad
             optimizer.step()
             losses.append(per_input.detach())
 

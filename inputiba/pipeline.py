@@ -111,6 +111,12 @@ class InputIBAConfig:
         return cls(feature=_feature_defaults(), gan=GANConfig(critic="clip"), input=replace(INPUT_DEFAULTS),
                    mask_start="bits_per_pixel")
 
+    def with_precision(self, precision: str) -> "InputIBAConfig":
+        """This schedule with both bottleneck stages' networks at ``precision``
+        (:data:`~inputiba.precision.PRECISIONS`; the GAN stage stays in float32)."""
+        return replace(self, feature=replace(self.feature, precision=precision),
+                       input=replace(self.input, precision=precision))
+
     @classmethod
     def text(cls) -> "InputIBAConfig":
         """The library's text schedule: feature beta 15; input stage 30 steps,

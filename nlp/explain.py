@@ -45,6 +45,7 @@ import torch
 
 from inputiba import IBA, InputIBA, input_seed
 from inputiba.pipeline import SCHEDULES, schedule
+from inputiba.precision import PRECISIONS
 from inputiba.datasets import imdb, rotten_tomatoes, synthetic_sentiment
 from inputiba.io import FailureLog, UsageError, atomic_path, run_command, writable_folder
 from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
@@ -83,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "texts) instead of one scale for all: the mask's [0, 1], or 0 .. the largest bits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                   help="what the network runs at during the fits (default float32)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p.parse_args(argv)
 
@@ -116,9 +119,9 @@ def build_explainer(args, checkpoint):
     layer = args.layer or model.feature_layer
     if args.method == "iba":
         overrides = {} if args.beta is None else {"beta": args.beta}
-        explainer = IBA(model, layer, input_layer=TEXT_INPUT_LAYER, **overrides)
+        explainer = IBA(model, layer, input_layer=TEXT_INPUT_LAYER, precision=args.precision, **overrides)
     else:
-        config = schedule(args.schedule, text=True)
+        config = schedule(args.schedule, text=True).with_precision(args.precision)
         if args.beta is not None:
             config = replace(config, input=replace(config.input, beta=args.beta))
         explainer = InputIBA(model, layer, config, input_layer=TEXT_INPUT_LAYER)

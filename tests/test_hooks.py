@@ -111,6 +111,29 @@ def test_conv_layout_converts_images_only_inside_a_block_the_model_accepts(tiny_
         assert not on and conv_layout(x) is x
 
 
+def test_the_layout_probe_runs_once_per_model_state_and_shape(tiny_cnn):
+    from inputiba.hooks import channels_last_where_safe
+
+    calls = []
+    handle = tiny_cnn.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape))
+    try:
+        x = torch.randn(2, 3, 16, 16)
+        for _ in range(3):
+            with channels_last_where_safe([tiny_cnn], x) as on:
+                assert on
+        assert len(calls) == 1
+        with channels_last_where_safe([tiny_cnn], torch.randn(1, 3, 20, 20)):
+            pass
+        assert len(calls) == 2  # another input shape is probed again
+        with torch.no_grad():
+            tiny_cnn.features[0].weight.mul_(2)  # a changed model too
+        with channels_last_where_safe([tiny_cnn], x):
+            pass
+        assert len(calls) == 3
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("method", ["iba", "inputiba"])
 def test_attribution_runs_convolutions_channels_last_where_the_model_allows(tiny_cnn, method):
     from inputiba import IBA, InputIBA, InputIBAConfig

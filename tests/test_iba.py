@@ -98,21 +98,37 @@ def test_determinism_under_a_seed(iba):
 def test_copies_at_the_layer_give_the_same_result(iba):
     x = torch.randn(3, 3, 16, 16)
     fast = iba.attribute(x, seed=0)
-    assert iba._expand_ok == {False: True}
+    assert iba._split[1] is not None and iba._split_copies_ok == {False: True}  # only the suffix ran per step
     slow = IBA(iba.model, iba.layer, stats=iba.stats, copies_at_layer=False).attribute(x, seed=0)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
 
 
-def test_skip_connection_around_the_layer_falls_back_to_input_copies():
+class _Untraceable(ResidualModel):
+    """The skip connection of :class:`ResidualModel` behind control flow on values: fx cannot trace it."""
+
+    def forward(self, x):
+        if x.sum() > 1e9:
+            x = x * 0
+        return super().forward(x)
+
+
+def test_skip_connection_around_the_layer():
     torch.manual_seed(0)
     model = ResidualModel().eval()
     iba = IBA(model, "inner")
     iba.estimate([torch.randn(10, 3, 8, 8)], n_samples=10)
     x = torch.randn(3, 3, 8, 8)
     heat = iba.attribute(x, seed=0)
-    assert iba._expand_ok == {False: False}
+    # the cut repeats the skipped value per copy, so the copies are made at the layer
+    assert iba._split[1] is not None and iba._split_copies_ok == {False: True}
     ref = IBA(model, "inner", stats=iba.stats, copies_at_layer=False).attribute(x, seed=0)
     torch.testing.assert_close(heat, ref)
+    # without a traceable graph a hook cannot copy the skipped value: the copies go back to the input
+    untraceable = _Untraceable().eval()
+    untraceable.load_state_dict(model.state_dict())
+    iba = IBA(untraceable, "inner", stats=iba.stats)
+    torch.testing.assert_close(iba.attribute(x, seed=0), ref)
+    assert iba._split[1] is None and iba._expand_ok == {False: False}
 
 
 def _assert_left_as_found(model, before):

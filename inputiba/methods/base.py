@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..hooks import preserved_state, resolve_layer
+from ..hooks import model_stamp, preserved_state, resolve_layer
 from ..validation import check_finite, check_model, model_device, resolve_targets, run_model
 
 __all__ = [
@@ -156,7 +156,7 @@ class AttributionMethod:
         seen through each tensor's storage and in-place version counter. If the
         block raises, the copy is dropped (hooks may be left on it).
         """
-        stamp = _state_stamp(self.model)
+        stamp = model_stamp(self.model)
         cached = self.__dict__.get("_copy")
         if cached is None or cached[0] != stamp:
             self._copy = cached = (stamp, detached_copy(self.model))
@@ -319,12 +319,6 @@ def generator(seed: int | None) -> torch.Generator:
 _INPLACE_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Hardtanh,
                   nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.Threshold, nn.RReLU,
                   nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
-
-
-def _state_stamp(model: nn.Module) -> tuple:
-    """What identifies a model's current state: its tensors' storages and versions, and its modes."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return (tuple((t.data_ptr(), t._version) for t in tensors), tuple(m.training for m in model.modules()))
 
 
 def detached_copy(model: nn.Module) -> nn.Module:
