@@ -147,11 +147,21 @@ def conv_layout(tensor):
     anything else, and everything outside such a block, is returned as it is.
     Convolutions keep the layout of their input, so a model called on such a
     batch runs channels-last throughout without its weights being touched.
+    A one-channel batch (grey images) is laid out the same either way, and
+    convolutions read such a tensor as channels-first unless its strides say
+    otherwise, so it gets explicit channels-last strides (a view, no copy).
     """
     if (_CHANNELS_LAST.get() and isinstance(tensor, Tensor) and tensor.dim() == 4
             and tensor.is_floating_point()):
-        return tensor.contiguous(memory_format=torch.channels_last)
+        return _channels_last(tensor)
     return tensor
+
+
+def _channels_last(tensor: Tensor) -> Tensor:
+    if tensor.shape[1] == 1:
+        B, _, H, W = tensor.shape
+        return tensor.contiguous().view(B, H, W, 1).permute(0, 3, 1, 2)
+    return tensor.contiguous(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
@@ -191,7 +201,7 @@ def _accepts_channels_last(model: nn.Module, inputs: Tensor) -> bool:
     answers = _PROBED[model][1]
     key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
     if key not in answers:
-        probe = inputs[:1].contiguous(memory_format=torch.channels_last)
+        probe = _channels_last(inputs[:1])
         try:
             with torch.no_grad():
                 model(probe)

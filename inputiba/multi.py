@@ -92,7 +92,8 @@ class MultiIBA:
         layers: dotted names or modules; each must give ``(B, C, h, w)`` maps.
         config: an :class:`~inputiba.iba.IBAConfig` shared by all layers
             (steps, lr, n_copies, beta, sigma, relu, ...); keyword arguments
-            override its fields.
+            override its fields. MultiIBA runs in float32 (``precision``
+            ``"auto"`` means float32 here; a lower one is refused).
         betas: one information weight per layer (default ``config.beta`` each).
         stats: ``{layer: FeatureStats}`` estimated earlier.
     """
@@ -102,6 +103,9 @@ class MultiIBA:
                  **overrides) -> None:
         check_model(model)
         self.config = with_overrides(config or IBAConfig(), overrides, "MultiIBA")
+        if self.config.precision in ("bfloat16", "float16"):
+            raise ValueError(f"MultiIBA runs in float32; precision={self.config.precision!r} is for IBA and "
+                             "InputIBA (use 'auto' or 'float32')")
         if self.config.shared_mask or self.config.information != "mean":
             raise ValueError("MultiIBA has one mask value per element and the mean information term; "
                              "shared_mask and information='per_position' are for IBA and InputIBA")

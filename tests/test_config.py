@@ -25,3 +25,11 @@ def test_bad_configurations_are_named(tmp_path):
     bad.write_text("gan: {}")
     with pytest.raises(ValueError, match=".toml or .json"):
         load_config(bad)
+
+
+def test_precision_applies_to_both_bottleneck_stages():
+    cfg = config_from_dict({"precision": "bfloat16", "feature": {"beta": 5}})
+    assert (cfg.feature.precision, cfg.input.precision, cfg.feature.beta) == ("bfloat16", "bfloat16", 5)
+    assert config_from_dict({}).feature.precision == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        config_from_dict({"precision": "half"})

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TinyCNN
 from inputiba.hooks import LayerNotReached, features_at, forward_hooks, preserved_state, resolve_layer
 
 
@@ -109,6 +110,20 @@ def test_conv_layout_converts_images_only_inside_a_block_the_model_accepts(tiny_
         assert not on  # token ids: nothing to lay out
     with channels_last_where_safe([tiny_cnn, _ViewHead().eval()], x) as on:
         assert not on and conv_layout(x) is x
+
+
+def test_grey_images_get_channels_last_strides_so_the_network_runs_channels_last():
+    from inputiba.hooks import channels_last_where_safe, conv_layout
+
+    model = TinyCNN(in_channels=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    assert x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: a conv would read it channels-first
+    with channels_last_where_safe([model], x):
+        y = conv_layout(x)
+        assert torch.equal(y, x) and y.stride() == (256, 1, 16, 1)
+        with torch.no_grad():
+            assert _is_channels_last(model.features[0](y))
+            assert not _is_channels_last(model.features[0](x))
 
 
 def test_the_layout_probe_runs_once_per_model_state_and_shape(tiny_cnn):

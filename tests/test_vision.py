@@ -251,3 +251,14 @@ def test_report_flag_writes_the_runs_page_with_its_settings(tree, tmp_path):
     settings = json.loads((tmp_path / "run.json").read_text())
     assert settings["arch"] == "fashion_cnn" and settings["method"] == "iba"
     assert "the run" in page and "&quot;arch&quot;: &quot;fashion_cnn&quot;" in page
+
+
+def test_precision_flag_reaches_the_bottlenecks():
+    script = _script()
+    for method in ("iba", "inputiba"):
+        args = script.parse_args(["in", "--arch", "fashion_cnn", "--method", method, "--precision", "bfloat16"])
+        attributor = script.make_attributor(args, script.load_model("fashion_cnn", "bundled", None))
+        config = attributor.config if method == "iba" else attributor.config.feature
+        assert config.precision == "bfloat16"
+        if method == "inputiba":
+            assert attributor.config.input.precision == "bfloat16"
