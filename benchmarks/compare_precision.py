@@ -8,7 +8,8 @@ each precision's mean and the paired difference (lower minus float32, mean ±
 standard error over the inputs), and the Spearman correlation between the two
 precisions' maps of each input next to that between float32 maps of two seeds:
 a precision that changes the maps less than the seed does changes nothing a
-user could rely on.
+user could rely on. Speed is not measured here (the maps are cached and may come
+from runs under other loads): ``bench_iba.py`` and ``bench_inputiba.py`` time it.
 
 Data and model as in ``ablate_inputiba.py`` (whose cached maps this reuses):
 ``cluttered`` is held-out canvases (test split, seed 1) with the bundled
@@ -78,8 +79,6 @@ def main() -> None:
         lines.append(f"| {method} | Spearman of the maps | — | "
                      f"{spearman(full['maps'], low['maps']).mean():.3f} (seed 0 vs 1 at float32: "
                      f"{spearman(full['maps'], other_seed['maps']).mean():.3f}) | — |")
-        lines.append(f"| {method} | s/image (batch {args.batch}) | {full['seconds'] / len(x):.3f} | "
-                     f"{low['seconds'] / len(x):.3f} | {full['seconds'] / low['seconds']:.2f}x |")
         print(f"{method}: done", flush=True)
     print(f"\n{args.data}, {args.n} inputs, seed 0, float32 vs {args.precision}\n")
     print(f"| method | metric | float32 | {args.precision} | paired difference |")

@@ -13,6 +13,7 @@ works per element, the result for one input does not depend on the others.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from .adapters import Adapter, adapter_for, batch_chunks, expand_valid, gather_chunks
 from .bottleneck import kl_capacity, noisy_features, smooth_mask
 from .estimation import FeatureStats, estimate_stats
+from .memory import default_max_batch
 from .precision import PRECISIONS, compute_dtype, lowered
 from .seeding import InputStreams, Seeds, input_seeds
 from .split import Split, outputs_match, split_at
@@ -64,7 +66,11 @@ class IBAConfig:
             the estimation samples were non-zero there; inactive elements are
             zeroed and carry no information.
         max_batch: inputs optimised together at most (each with ``n_copies``
-            rows); larger calls are split into chunks of this size.
+            rows); larger calls are split into chunks of this size. ``None``
+            (the default): chosen by :func:`inputiba.memory.default_max_batch`,
+            on a CPU from the size of the layer's features (one at a time for
+            VGG16 or ResNet-50 at 224 px, where batches ran slower), 8
+            elsewhere. Results do not depend on it.
         copies_at_layer: make the noisy copies at the layer, so that the
             network before it runs once per input instead of once per copy.
             Used only where a check shows it gives the same outputs (see
@@ -96,15 +102,16 @@ class IBAConfig:
     sigma: float = 1.0
     relu: bool = False
     active_threshold: float = 0.01
-    max_batch: int = 8
+    max_batch: int | None = None
     copies_at_layer: bool = True
     shared_mask: bool = False
     information: str = "mean"
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        check_settings(self, positive=("steps", "n_copies", "max_batch", "lr"),
-                       non_negative=("beta", "sigma", "min_std"))
+        check_settings(self, positive=("steps", "n_copies", "lr"), non_negative=("beta", "sigma", "min_std"))
+        if self.max_batch is not None:
+            check_settings(self, positive=("max_batch",))
         if self.information not in INFORMATION_TERMS:
             raise ValueError(f"information must be one of {', '.join(INFORMATION_TERMS)}; "
                              f"got {self.information!r}")
@@ -280,7 +287,7 @@ class IBA:
         inputs = inputs.to(device)
         B = inputs.shape[0]
         seeds = input_seeds(seed, B)
-        chunks = batch_chunks(self.adapter, inputs, self.config.max_batch)
+        chunks = batch_chunks(self.adapter, inputs, self.max_batch_for(inputs))
         parts = []
         with preserved_state(self.model), cudnn_rnn_disabled(self.model), \
                 channels_last_where_safe([self.model], inputs):
@@ -300,6 +307,17 @@ class IBA:
                 f"layer {self.layer_name!r} gives features of shape {tuple(stats.shape)}, not a "
                 "(C, h, w) map; use return_result=True for the per-element capacity")
         return result.saliency
+
+    def max_batch_for(self, inputs: Tensor) -> int:
+        """Inputs optimised together for a call on ``inputs``: ``config.max_batch``, or the default for
+        the layer's feature size on the model's device (:func:`inputiba.memory.default_max_batch`)."""
+        cfg = self.config
+        if cfg.max_batch is not None:
+            return cfg.max_batch
+        stats = self._require_stats()
+        positions = math.prod(inputs.shape[1:1 + self.adapter.pooled_dims])  # text: per token
+        step_bytes = cfg.n_copies * stats.mean.numel() * positions * 4
+        return default_max_batch(model_device(self.model), step_bytes)
 
     def _attribute_chunk(self, x: Tensor, target, loss_fn: LossFn | None, seed: list[int],
                          stats: FeatureStats) -> IBAResult:

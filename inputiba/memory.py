@@ -19,9 +19,36 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["activation_bytes", "free_bytes", "check_fits", "GiB"]
+__all__ = ["activation_bytes", "free_bytes", "check_fits", "GiB", "CPU_STEP_BYTES", "default_max_batch"]
 
 GiB = 1024 ** 3
+
+#: On a CPU, the bytes of one step's noisy rows at the bottleneck up to which
+#: explaining several inputs per call is faster than one at a time. Measured on
+#: 2 cores (``benchmarks/RESULTS.md``, *Batching*): VGG16 and ResNet-50 at 224 px
+#: (15 MiB per input at their preset layers) ran 1.3-1.7x slower per image at
+#: batch 4-8 than at batch 1; VGG16 at 112 px (4 MiB per input) 1.35x faster at
+#: batch 4.
+CPU_STEP_BYTES = 16 * 2 ** 20
+
+
+def default_max_batch(device: torch.device | str, step_bytes: int, cap: int = 8) -> int:
+    """Inputs explained per call when ``max_batch`` is ``None``.
+
+    Args:
+        device: where the model runs.
+        step_bytes: bytes of one input's noisy rows at the bottleneck in one
+            step (copies x elements x element size).
+        cap: the most on any device.
+
+    Returns:
+        On a CPU the largest batch, at most ``cap``, whose rows stay within
+        :data:`CPU_STEP_BYTES` (at least 1); elsewhere ``cap`` (GPUs gain
+        from large batches; not measured in this project).
+    """
+    if torch.device(device).type != "cpu":
+        return cap
+    return max(1, min(cap, CPU_STEP_BYTES // max(1, step_bytes)))
 
 
 def activation_bytes(model: nn.Module, run: Callable[[], object]) -> int:

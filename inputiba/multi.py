@@ -23,6 +23,7 @@ from .estimation import FeatureStats, estimate_layer_stats
 from .hooks import (LayerNotReached, capture, forward_hooks, layer_tensor, preserved_state, resolve_layers,
                     with_layer_tensor)
 from .iba import IBAConfig, _reaches, row_loss_for
+from .memory import default_max_batch
 from .seeding import InputStreams, Seeds, input_seeds
 from .validation import check_image_batch, check_model, model_device, slice_targets, with_overrides
 
@@ -167,7 +168,8 @@ class MultiIBA:
         stats = self._require_stats()
         check_image_batch(inputs, "MultiIBA")
         inputs = inputs.to(model_device(self.model))
-        step = self.config.max_batch
+        step = self.config.max_batch or default_max_batch(
+            model_device(self.model), self.config.n_copies * 4 * sum(s.mean.numel() for s in stats.values()))
         seeds = input_seeds(seed, inputs.shape[0])
         parts = []
         with preserved_state(self.model):

@@ -38,7 +38,7 @@ from .input_stage import (INPUT_DEFAULTS, TEXT_INPUT_DEFAULTS, TEXT_INPUT_PUBLIS
 from .io import atomic_path
 from .memory import activation_bytes, check_fits
 from .seeding import Seeds, input_seeds
-from .validation import check_finite, model_device, slice_targets
+from .validation import check_finite, check_settings, model_device, slice_targets
 
 __all__ = ["PRESETS", "preset_for", "InputIBAConfig", "SCHEDULES", "schedule", "InputIBAResult", "InputIBA"]
 
@@ -77,7 +77,10 @@ class InputIBAConfig:
         gan: GAN stage (:class:`inputiba.gan.GANConfig`); ``None`` (the
             default) skips it, and the input stage's prior is the start itself.
         input: input stage (beta 20, 20 steps, lr 1, 10 copies, blur sigma 1).
-        max_batch: inputs run through the stages together at most.
+        max_batch: inputs run through the stages together at most; ``None``
+            (the default): the feature stage's choice for the layer's size
+            (:meth:`inputiba.iba.IBA.max_batch_for`: one at a time on a CPU
+            for VGG16 or ResNet-50 at 224 px, 8 on a GPU).
         mask_start: where the prior ``lambda_G`` starts, from the feature
             stage's capacity (:func:`inputiba.adapters.mask_start_logits`).
     """
@@ -85,10 +88,12 @@ class InputIBAConfig:
     feature: IBAConfig = field(default_factory=_feature_defaults)
     gan: GANConfig | None = None
     input: IBAConfig = field(default_factory=_input_defaults)
-    max_batch: int = 8
+    max_batch: int | None = None
     mask_start: str = "bits"
 
     def __post_init__(self) -> None:
+        if self.max_batch is not None:
+            check_settings(self, positive=("max_batch",))
         if self.mask_start not in MASK_STARTS:
             raise ValueError(f"mask_start must be one of {', '.join(MASK_STARTS)}; got {self.mask_start!r}")
 
@@ -218,7 +223,8 @@ class InputIBA:
             layer = preset["layer"]
             extra = {k: v for k, v in preset.items() if k != "layer"}
             feature_cfg = replace(feature_cfg, **extra)
-        feature_cfg = replace(feature_cfg, max_batch=max(feature_cfg.max_batch, self.config.max_batch))
+        if self.config.max_batch is not None:  # the feature stage takes each chunk whole
+            feature_cfg = replace(feature_cfg, max_batch=max(feature_cfg.max_batch or 1, self.config.max_batch))
         self.model = model
         self.feature_iba = IBA(model, layer, feature_cfg, stats=stats, input_layer=input_layer,
                                pad_index=pad_index)
@@ -322,7 +328,8 @@ class InputIBA:
         inputs = inputs.to(model_device(self.model))
         B = inputs.shape[0]
         seeds = input_seeds(seed, B)
-        chunks = batch_chunks(self.adapter, inputs, self.config.max_batch)
+        max_batch = self.config.max_batch or self.feature_iba.max_batch_for(inputs)
+        chunks = batch_chunks(self.adapter, inputs, max_batch)
         bar = writer = None
         if progress:
             from tqdm.auto import tqdm
@@ -420,12 +427,13 @@ class InputIBA:
         _, row_loss = row_loss_for(explained, None, loss_fn, x.shape[0], cfg.input.n_copies, x.device)
         input_adapter = adapter
         if input_model is not self.model and adapter.kind == "tokens":
-            input_adapter = adapter_for(input_model, adapter.embedding_name, adapter.pad_index)
+            input_adapter = adapter_for(input_model, adapter.embedding_name, adapter.pad_index,
+                                        adapter.special_ids)
         fit = fit_input_bottleneck(input_model, x, prior, row_loss, cfg.input, seed=seeds,
                                    adapter=input_adapter, stats=self.input_stats)
         clock.lap("input")
         _advance(bar, "input")
-        mask = input_attribution(fit, adapter, adapter.valid(x))
+        mask = input_attribution(fit, adapter, adapter.scored(x))
         return InputIBAResult(mask, feat.saliency, prior, feat.targets, feat, gan, fit, clock.seconds)
 
 

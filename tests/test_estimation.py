@@ -31,8 +31,9 @@ def test_masked_elements_are_left_out():
     for j in range(5):
         vals = x[mask[:, j], j].double()
         assert m.count[j].item() == vals.numel()
-        assert m.mean[j].item() == pytest.approx(vals.mean().item(), abs=1e-9)
-        assert (m.m2[j] / (vals.numel() - 1)).item() == pytest.approx(vals.var().item(), abs=1e-9)
+        # each batch's sums are float32 (about 1e-7 of the value); the statistics are kept in float32
+        assert m.mean[j].item() == pytest.approx(vals.mean().item(), rel=1e-6, abs=1e-7)
+        assert (m.m2[j] / (vals.numel() - 1)).item() == pytest.approx(vals.var().item(), rel=1e-6)
 
 
 def test_relu_variant_is_half_gaussian_with_zero_mean():

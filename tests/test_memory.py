@@ -44,3 +44,29 @@ def test_inputiba_refuses_a_call_that_cannot_fit_before_any_work(monkeypatch):
     monkeypatch.delattr(att, "_attribute_chunk")
     att.config.max_batch = 2  # half the rows at once: fits in the same free memory
     assert att.attribute(x, seed=0).shape == (4, 16, 16)
+
+
+def test_default_batch_keeps_a_cpu_step_small_and_fills_a_gpu():
+    from inputiba.memory import CPU_STEP_BYTES, default_max_batch
+
+    vgg16_224 = 10 * 512 * 28 * 28 * 4  # ten noisy copies of features.17 at 224 px
+    assert default_max_batch("cpu", vgg16_224) == 1
+    assert default_max_batch("cpu", vgg16_224 // 4) == 4  # 112 px
+    assert default_max_batch("cpu", 1000) == 8
+    assert default_max_batch("cpu", 2 * CPU_STEP_BYTES) == 1
+    assert default_max_batch("cuda", vgg16_224) == 8
+
+
+def test_iba_and_inputiba_choose_their_batch_from_the_layer(tiny_cnn, image_loader):
+    from inputiba import IBA, IBAConfig
+
+    iba = IBA(tiny_cnn, "features.2")
+    iba.estimate(image_loader, n_samples=20)
+    x = torch.randn(3, 3, 16, 16)
+    assert iba.max_batch_for(x) == 8  # 6 x 16 x 16 features: small
+    assert IBA(tiny_cnn, "features.2", max_batch=2, stats=iba.stats).max_batch_for(x) == 2
+    with pytest.raises(ValueError, match="max_batch must be positive"):
+        IBAConfig(max_batch=0)
+    pipeline = InputIBA(tiny_cnn, "features.2", InputIBAConfig(max_batch=3), stats=iba.stats)
+    assert pipeline.feature_iba.config.max_batch == 3
+    assert InputIBA(tiny_cnn, "features.2", stats=iba.stats).feature_iba.config.max_batch is None
