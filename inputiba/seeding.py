@@ -21,9 +21,9 @@ base seed and a stable key of that input:
 ``torch.manual_seed`` still makes a run repeatable, but then the draws depend
 on the order of the calls).
 
-Normal draws are made from uniform ones (Box-Muller), which torch generates
-as one stream: the first ``k`` values of a draw do not depend on its total
-size. With ``first`` set to the sequence dimension, a text's noise at its
+Normal draws are made from uniform ones (Box-Muller, float32, both halves of
+each pair), which torch generates as one stream: the first ``k`` values of a
+draw do not depend on its total size. With ``first`` set to the sequence dimension, a text's noise at its
 real positions is then the same whatever the padding its batch needed.
 
 Texts are attributed in batches of one length (:func:`inputiba.adapters.batch_chunks`),
@@ -36,6 +36,7 @@ about 1e-6 in the masks.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Sequence
 
 import torch
@@ -121,14 +122,26 @@ class InputStreams:
         first ``k`` indices do not depend on its length (a text's positions
         whatever the padding).
         """
-        u = self.rand(*_outermost(shape, first), 2, dtype=torch.float64)
-        z = torch.sqrt(-2.0 * torch.log1p(-u[..., 0])) * torch.cos(2.0 * torch.pi * u[..., 1])
+        outer = _outermost(shape, first)
+        if not outer:
+            return self.randn(1, dtype=dtype)[:, 0]
+        # Box-Muller on float32 uniforms, both halves of each pair: the pairs run along the inner
+        # dimensions, so every index of the outermost one takes the same number of draws
+        rest = math.prod(outer[1:])
+        pairs = (rest + 1) // 2
+        u = self.rand(outer[0], pairs, 2)
+        radius = torch.sqrt(-2.0 * torch.log1p(-u[..., 0]))
+        angle = (2.0 * math.pi) * u[..., 1]
+        z = torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1).flatten(-2)
+        z = z[..., :rest].reshape(len(self.generators), *outer)
         return z.movedim(1, 1 + first).to(dtype)
 
     def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """``(B, *shape)`` uniform draws in ``[0, 1)``, row ``b`` from input ``b``'s stream."""
-        return torch.stack([torch.rand(shape, generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        out = torch.empty((len(self.generators), *shape), device=self.device, dtype=dtype)
+        for row, g in zip(out, self.generators):
+            row.uniform_(generator=g)
+        return out
 
     def seed_of(self, b: int) -> int:
         """A seed derived from input ``b``'s stream, for code that seeds the global generator."""

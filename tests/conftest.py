@@ -83,6 +83,17 @@ def model_fingerprint(model: nn.Module) -> dict:
     }
 
 
+def assert_left_as_found(model: nn.Module, before: dict) -> None:
+    """Modes, flags, hooks, gradients and weights as :func:`model_fingerprint` recorded them."""
+    after = model_fingerprint(model)
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert all(g is None for g in after["grads"])
+    assert sum(after["hooks"]) == 0
+    for k, v in before["state"].items():
+        torch.testing.assert_close(after["state"][k], v, rtol=0, atol=0)
+
+
 class TwoClassLinear(nn.Module):
     """Logits ``(0, w . x)``: class 1's evidence is a weighted sum of the inputs (any layout)."""
 

