@@ -17,14 +17,17 @@ picks one from an optional embedding layer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bottleneck import capacity_to_saliency
+from .bottleneck import capacity_to_saliency, smooth_mask
 from .hooks import features_at, replaced, resolve_layer
 
-__all__ = ["MASK_STARTS", "mask_start_logits", "ImageAdapter", "TokenAdapter", "Adapter", "adapter_for",
+__all__ = ["MASK_STARTS", "mask_start_logits", "TokenGrid", "ImageAdapter", "TokenAdapter", "Adapter", "adapter_for",
            "expand_valid"]
 
 LN2 = math.log(2.0)
@@ -79,11 +82,80 @@ def mask_start_logits(cells: Tensor, start: str, pixels_per_cell: float = 1.0) -
     return torch.logit(prob.clamp(0.01, 0.99))
 
 
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a vision transformer's hidden tokens ``(B, P + h * w, D)`` lie on the image.
+
+    The first ``prefix`` tokens (a ViT's class token, DeiT's distillation
+    token, register tokens) belong to no place; the others are the patches in
+    row-major order on an ``(h, w)`` grid. The bottleneck keeps the tokens as
+    they are, with per-element statistics like any feature map (position ``t``
+    is the same patch in every image) and a mask value per element, the prefix
+    tokens included: attention has gathered information from every patch into
+    them, and a class token that passed clean would carry all of it around the
+    bottleneck. For what needs a map (the blur of the mask, the saliency in
+    bits per pixel, InputIBA's prior) the patch tokens are viewed as a
+    ``(D, h, w)`` feature map; the prefix tokens' bits are reported apart
+    (:meth:`prefix_bits`).
+
+    Attributes:
+        prefix: tokens before the patches.
+        grid: ``(h, w)`` patches.
+    """
+
+    prefix: int
+    grid: tuple[int, int]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "TokenGrid | None":
+        """The grid of a ``timm`` vision transformer (``patch_embed.grid_size``, ``num_prefix_tokens``), else ``None``."""
+        grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+        if grid is None or not hasattr(model, "num_prefix_tokens"):
+            return None
+        return cls(int(model.num_prefix_tokens), (int(grid[0]), int(grid[1])))
+
+    def prefix_of(self, tokens: int) -> int | None:
+        """Prefix tokens of a sequence of ``tokens`` (the patch embedding has none); ``None``: not this grid."""
+        patches = self.grid[0] * self.grid[1]
+        return {patches + self.prefix: self.prefix, patches: 0}.get(tokens)
+
+    def fits(self, x: Tensor) -> bool:
+        """Whether ``x`` ``(B, T, D)`` is a token sequence of this grid."""
+        return x.dim() == 3 and self.prefix_of(x.shape[1]) is not None
+
+    def to_map(self, x: Tensor) -> Tensor:
+        """``(B, T, D)`` tokens -> ``(B, D, h, w)``: the patch tokens as a feature map."""
+        p = self.prefix_of(x.shape[1])
+        return x[:, p:].transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.grid)
+
+    def from_map(self, prefix: Tensor, grid_map: Tensor) -> Tensor:
+        """Inverse of :meth:`to_map`: ``(B, P, D)`` prefix tokens and a ``(B, D, h, w)`` map -> ``(B, T, D)``."""
+        return torch.cat([prefix, grid_map.flatten(2).transpose(1, 2)], dim=1)
+
+    def prefix_bits(self, capacity: Tensor) -> Tensor:
+        """``(B, P)`` bits at each prefix token (the capacity summed over its channels)."""
+        p = self.prefix_of(capacity.shape[1])
+        return capacity[:, :p].sum(dim=2) / LN2
+
+    def smooth(self, lam: Tensor, sigma: float) -> Tensor:
+        """Blur the patch part of a token mask over the grid; the prefix tokens stay as they are."""
+        p = self.prefix_of(lam.shape[1])
+        return self.from_map(lam[:, :p], smooth_mask(self.to_map(lam), sigma))
+
+
 class ImageAdapter:
     """Images ``(B, C, H, W)``: the input point is the model's input itself.
 
-    Feature maps are ``(C, h, w)`` per input with per-element statistics.
+    Feature maps are ``(C, h, w)`` per input with per-element statistics, or
+    a vision transformer's tokens ``(1 + N, D)`` on the patch grid ``grid``
+    (:class:`TokenGrid`).
+
+    Args:
+        grid: the model's patch grid, for token features (default: none).
     """
+
+    def __init__(self, grid: TokenGrid | None = None) -> None:
+        self.grid = grid
 
     kind = "image"
     #: dimensions of a feature map (after the batch) pooled by the statistics
@@ -103,6 +175,10 @@ class ImageAdapter:
 
     def valid(self, inputs: Tensor) -> Tensor | None:
         """Real positions; ``None``: every pixel is real."""
+        return None
+
+    def scored(self, inputs: Tensor) -> Tensor | None:
+        """Positions the input stage masks and scores; ``None``: every pixel."""
         return None
 
     def input_point(self, model: nn.Module) -> tuple[nn.Module, str]:
@@ -126,11 +202,36 @@ class ImageAdapter:
         """
         return inputs
 
+    def feature_map(self, values: Tensor) -> Tensor | None:
+        """Per-element feature values as a ``(B, C, h, w)`` map: as they are, the patch tokens of a
+        vision transformer on their grid, or ``None`` when the features are neither."""
+        if values.dim() == 4:
+            return values
+        if self.grid is not None and self.grid.fits(values):
+            return self.grid.to_map(values)
+        return None
+
+    def can_smooth(self, shape: tuple[int, ...]) -> bool:
+        """Whether features of ``shape`` (without the batch) have the spatial layout the blur needs."""
+        return len(shape) == 3 or (self.grid is not None and len(shape) == 2
+                                   and self.grid.prefix_of(shape[0]) is not None)
+
+    def smooth(self, lam: Tensor, sigma: float) -> Tensor:
+        """Blur a mask over its spatial layout (:func:`~inputiba.bottleneck.smooth_mask`; tokens on their grid)."""
+        if sigma > 0 and lam.dim() == 3 and self.grid is not None and self.grid.fits(lam):
+            return self.grid.smooth(lam, sigma)
+        return smooth_mask(lam, sigma)
+
     def feature_saliency(self, capacity: Tensor, inputs: Tensor, valid: Tensor | None) -> Tensor | None:
-        """``(B, H, W)`` bits per pixel, or ``None`` for features that are not ``(C, h, w)`` maps."""
-        if capacity.dim() != 4:
+        """``(B, H, W)`` bits per pixel, or ``None`` for features that are not ``(C, h, w)`` maps.
+
+        A vision transformer's patch tokens give their bits on the patch grid
+        (the prefix tokens' bits are not part of the map: :meth:`TokenGrid.prefix_bits`).
+        """
+        grid_map = self.feature_map(capacity)
+        if grid_map is None:
             return None
-        return capacity_to_saliency(capacity, tuple(inputs.shape[-2:]))
+        return capacity_to_saliency(grid_map, tuple(inputs.shape[-2:]))
 
     def noise_shape(self, points: Tensor) -> tuple[int, ...]:
         """Shape of the GAN's noise mean and std: one per input and channel."""
@@ -155,6 +256,10 @@ class ImageAdapter:
             ``(B, C, H, W)`` logits.
         """
         B, C, H, W = point_shape
+        capacity, lam = self.feature_map(capacity), self.feature_map(lam)
+        if capacity is None:
+            raise ValueError("InputIBA's prior needs a feature map on the image: a (C, h, w) layer or a "
+                             "vision transformer's tokens")
         cells = lam.mean(dim=1, keepdim=True) if start == "lambda" else capacity.sum(dim=1, keepdim=True) / LN2
         h, w = cells.shape[-2:]
         resized = F.interpolate(cells, size=(H, W), mode="bilinear", align_corners=False)
@@ -162,7 +267,10 @@ class ImageAdapter:
         return logits.expand(B, C, H, W).contiguous()
 
     def critic_view(self, samples: Tensor, valid: Tensor | None) -> Tensor:
-        """``(B, n, C, h, w)`` feature samples as the critic reads them (unchanged)."""
+        """``(B, n, C, h, w)`` feature samples as the critic reads them (tokens: the patches on their grid)."""
+        if samples.dim() == 4 and self.grid is not None:
+            B, n = samples.shape[:2]
+            return self.grid.to_map(samples.flatten(0, 1)).unflatten(0, (B, n))
         return samples
 
     def attribution(self, alpha: Tensor, valid: Tensor | None) -> Tensor:
@@ -173,17 +281,30 @@ class ImageAdapter:
 class TokenAdapter:
     """Token ids ``(B, T)``: the input point is the embedding layer's output ``(B, T, D)``.
 
-    Feature maps are ``(T, H)`` per input, channel-last (an LSTM's output
-    sequence). Statistics are pooled over the real positions of every text,
-    one mean and std per feature channel, since position ``t`` of one text has
-    nothing in common with position ``t`` of another. Padding is found from
-    the ids: every position equal to ``pad_index``.
+    Feature maps are ``(T, H)`` per input, channel-last (an LSTM's or a
+    transformer layer's output sequence). Statistics are pooled over the real
+    positions of every text, one mean and std per feature channel, since
+    position ``t`` of one text has nothing in common with position ``t`` of
+    another. Padding is found from the ids: every position equal to
+    ``pad_index``.
+
+    Special tokens (a transformer's ``[CLS]``, ``[SEP]``, ``<s>``, ``</s>``:
+    ``special_ids``) are real positions, but the same in every input, so they
+    hold no information about it: the input stage leaves their embeddings
+    unchanged, charges them nothing and scores them 0 (:meth:`scored`). At a
+    hidden layer they are bottlenecked like every other position, since
+    attention has by then gathered information from the whole text into them
+    (a clean ``[CLS]`` state would pass all of it around the bottleneck), and
+    the feature stage reports their bits.
 
     Args:
         model: the classifier.
         embedding: its embedding layer, by name or module.
         pad_index: the padding id; ``None`` takes the embedding's
             ``padding_idx``.
+        special_ids: ids of special tokens; ``None`` takes the model's
+            ``special_token_ids`` attribute (set by
+            :class:`inputiba.hf.TextTransformer`), else none.
     """
 
     kind = "tokens"
@@ -193,8 +314,11 @@ class TokenAdapter:
     feature_channel_dim = 2
     point_channel_dim = 2
 
-    def __init__(self, model: nn.Module, embedding: str | nn.Module, pad_index: int | None = None) -> None:
+    def __init__(self, model: nn.Module, embedding: str | nn.Module, pad_index: int | None = None,
+                 special_ids: Sequence[int] | None = None) -> None:
         self.embedding_name, self.embedding = resolve_layer(model, embedding)
+        if pad_index is None:
+            pad_index = getattr(model, "pad_index", None)
         if pad_index is None:
             pad_index = getattr(self.embedding, "padding_idx", None)
         if pad_index is None:
@@ -202,6 +326,9 @@ class TokenAdapter:
                 f"cannot tell padding from text: layer {self.embedding_name!r} has no padding_idx; pass "
                 "pad_index= (an id outside the vocabulary, e.g. -1, if batches are never padded)")
         self.pad_index = int(pad_index)
+        if special_ids is None:
+            special_ids = getattr(model, "special_token_ids", ())
+        self.special_ids = tuple(sorted({int(i) for i in special_ids} - {self.pad_index}))
 
     def check_inputs(self, inputs: Tensor) -> None:
         """Raise ``ValueError`` unless ``inputs`` is a ``(B, T)`` integer batch with a token in each row."""
@@ -213,9 +340,24 @@ class TokenAdapter:
         if empty.any():
             raise ValueError(f"text {int(empty.nonzero()[0])} of the batch is empty (padding only)")
 
+    def can_smooth(self, shape: tuple[int, ...]) -> bool:
+        """Token features have no spatial layout to blur over."""
+        return False
+
+    def smooth(self, lam: Tensor, sigma: float) -> Tensor:
+        """No blur for text (``sigma`` must be 0)."""
+        return smooth_mask(lam, sigma)
+
     def valid(self, inputs: Tensor) -> Tensor:
-        """``(B, T)`` bool, true at real tokens."""
+        """``(B, T)`` bool, true at real tokens (special tokens included)."""
         return inputs != self.pad_index
+
+    def scored(self, inputs: Tensor) -> Tensor:
+        """``(B, T)`` bool, true at the tokens the input stage masks and scores: real, not special."""
+        keep = self.valid(inputs)
+        if self.special_ids:
+            keep = keep & ~torch.isin(inputs, torch.tensor(self.special_ids, device=inputs.device))
+        return keep
 
     def input_point(self, model: nn.Module) -> tuple[nn.Module, str]:
         """The embedding layer's output."""
@@ -278,13 +420,13 @@ Adapter = ImageAdapter | TokenAdapter
 
 
 def adapter_for(model: nn.Module, input_layer: str | nn.Module | None,
-                pad_index: int | None = None) -> Adapter:
+                pad_index: int | None = None, special_ids: Sequence[int] | None = None) -> Adapter:
     """:class:`TokenAdapter` when an embedding layer is named, else :class:`ImageAdapter`."""
     if input_layer is None:
         if pad_index is not None:
             raise ValueError("pad_index is for text models: name their embedding layer with input_layer=")
-        return ImageAdapter()
-    return TokenAdapter(model, input_layer, pad_index)
+        return ImageAdapter(TokenGrid.of(model))
+    return TokenAdapter(model, input_layer, pad_index, special_ids)
 
 
 def expand_valid(valid: Tensor | None, like: Tensor) -> Tensor | None:

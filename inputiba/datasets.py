@@ -45,6 +45,8 @@ __all__ = [
     "rotten_tomatoes",
     "synthetic_sentiment",
     "SYNTHETIC_CUES",
+    "TEXT_DATA",
+    "text_splits",
 ]
 
 #: Class names, indexed by label.
@@ -334,3 +336,29 @@ def synthetic_sentiment(n: int = 3000, min_length: int = 8, max_length: int = 30
     order = list(range(n))
     rng.shuffle(order)
     return TextDataset(tokens, labels, ["negative", "positive", "neutral"], evidence).subset(order)
+
+
+#: The text data sets :func:`text_splits` knows.
+TEXT_DATA = ("rotten_tomatoes", "imdb", "synthetic")
+
+
+def text_splits(data: str, imdb_root: str | os.PathLike | None = None, n_synthetic: int = 4000,
+                test_fraction: float = 0.2, seed: int = 0) -> tuple[TextDataset, TextDataset]:
+    """``(train, test)`` of a text data set, as every training script of this project splits it.
+
+    IMDb has its own test split; Rotten Tomatoes and the synthetic task are
+    shuffled with ``seed`` and ``test_fraction`` held out
+    (:meth:`TextDataset.split`), so models trained on them by different
+    scripts are tested on the same texts.
+
+    Raises:
+        ValueError: unknown ``data``, or ``imdb`` without ``imdb_root``.
+    """
+    if data not in TEXT_DATA:
+        raise ValueError(f"unknown text data {data!r}; known: {', '.join(TEXT_DATA)}")
+    if data == "imdb":
+        if imdb_root is None:
+            raise ValueError("the imdb data needs imdb_root (the aclImdb folder)")
+        return imdb(imdb_root, "train"), imdb(imdb_root, "test")
+    corpus = synthetic_sentiment(n_synthetic, seed=seed) if data == "synthetic" else rotten_tomatoes()
+    return corpus.split(test_fraction, seed=seed)

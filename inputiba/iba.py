@@ -278,10 +278,10 @@ class IBA:
         elif not inputs.is_floating_point():
             raise ValueError(f"inputs are {inputs.dtype} ids: for a text model, name its embedding layer "
                              "with input_layer=")
-        if self.config.sigma > 0 and len(stats.shape) != 3:
+        if self.config.sigma > 0 and not self.adapter.can_smooth(tuple(stats.shape)):
             raise ValueError(
-                f"smoothing needs a (C, h, w) feature map but layer {self.layer_name!r} gives "
-                f"{tuple(stats.shape)}; use sigma=0")
+                f"smoothing needs a (C, h, w) feature map (or a vision transformer's tokens) but layer "
+                f"{self.layer_name!r} gives {tuple(stats.shape)}; use sigma=0")
         check_finite(inputs)
         device = model_device(self.model)
         inputs = inputs.to(device)
@@ -336,7 +336,7 @@ class IBA:
         fit = fit_bottleneck(
             self.model, self.layer, "output", features, x if expand else x.repeat_interleave(S, dim=0),
             stats, cfg, row_loss, seed=seed, valid=expand_valid(valid, features), name=self.layer_name,
-            channel_dim=self.adapter.feature_channel_dim, split=cut)
+            channel_dim=self.adapter.feature_channel_dim, split=cut, smooth=self.adapter.smooth)
         saliency = self.adapter.feature_saliency(fit.capacity, x, valid)
         return IBAResult(saliency, fit.capacity, fit.lam, fit.alpha, targets, fit.losses)
 
@@ -467,7 +467,8 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
                    row_loss: Callable[[Tensor], Tensor], prior: Tensor | None = None,
                    seed: Seeds = None, valid: Tensor | None = None,
                    name: str = "the layer", channel_dim: int = 1, stream: str = "bottleneck",
-                   split: tuple[Split, tuple] | None = None) -> BottleneckFit:
+                   split: tuple[Split, tuple] | None = None,
+                   smooth: Callable[[Tensor, float], Tensor] = smooth_mask) -> BottleneckFit:
     """Optimise one bottleneck mask per input; the loop both IBA stages share.
 
     The bottleneck replaces ``module``'s output (``where="output"``, a hidden
@@ -511,6 +512,10 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
             other values of its prefix, with ``n_copies`` rows per input
             (:class:`inputiba.split.Split`): the steps then run only the
             network after the layer, and ``model_inputs`` is not used.
+        smooth: ``smooth(lam, sigma)`` blurs the mask (default
+            :func:`~inputiba.bottleneck.smooth_mask` over the last two
+            dimensions; a vision transformer's tokens over their patch grid,
+            :meth:`inputiba.adapters.ImageAdapter.smooth`).
 
     The network runs at ``config.precision`` (:mod:`inputiba.precision`);
     the mask, its capacity and the optimiser stay in float32.
@@ -531,7 +536,7 @@ def fit_bottleneck(model: nn.Module, module: nn.Module, where: str, features: Te
     streams = InputStreams(input_seeds(seed, B), device, stream)
 
     def mask(alpha: Tensor) -> Tensor:
-        return smooth_mask(torch.sigmoid(alpha), config.sigma)
+        return smooth(torch.sigmoid(alpha), config.sigma)
 
     if valid is not None:
         rep_valid = valid.repeat_interleave(S, dim=0)

@@ -85,7 +85,7 @@ def fit_input_bottleneck(model: nn.Module, inputs: Tensor, prior: Tensor,
         stats = FeatureStats(mean=points.new_zeros(shape), std=points.new_ones(shape),
                              active=points.new_ones(shape), n_samples=0)
     module, where = adapter.input_point(model)
-    valid = adapter.valid(inputs)
+    valid = adapter.scored(inputs)  # text: special tokens pass unchanged, like padding
     return fit_bottleneck(model, module, where, points,
                           adapter.repeat_inputs(inputs, points, config.n_copies), stats, config,
                           row_loss, prior=prior, seed=seed, valid=expand_valid(valid, points),

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 __all__ = ["FashionCNN", "FASHION_CNN_LAYER", "load_state", "pretrained_path", "load_fashion_cnn",
            "bundled_samples", "build_model", "hub_weights_path", "load_model",
-           "LSTMClassifier", "TEXT_INPUT_LAYER", "TextCheckpoint", "save_text_classifier", "load_text_classifier"]
+           "LSTMClassifier", "TEXT_INPUT_LAYER", "TextCheckpoint", "save_text_classifier", "load_text_classifier",
+           "load_text_model"]
 
 #: The embedding layer's name in :class:`LSTMClassifier`.
 TEXT_INPUT_LAYER = "embedding"
@@ -84,15 +85,32 @@ def load_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         ValueError: the file is corrupt, holds no state dict, or its keys or
             shapes do not match ``model`` (the offending keys are named).
     """
-    from .io import load_weights_only
+    if Path(path).suffix == ".safetensors":  # the format of Hugging Face and timm weights: no code in it
+        state = _read_safetensors(path)
+    else:
+        from .io import load_weights_only
 
-    state = load_weights_only(path, "a state dict")
+        state = load_weights_only(path, "a state dict")
     state = _unwrap(state)
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     _check_keys(model, state, path)
     model.load_state_dict(state)
     return model
+
+
+def _read_safetensors(path: str | os.PathLike) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise ImportError("reading .safetensors files needs the safetensors package (pip install safetensors)") \
+            from err
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error type for corrupt headers
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
 
 
 def _unwrap(state):
@@ -135,16 +153,17 @@ def _names(items: list[str], limit: int = 6) -> str:
 
 
 def pretrained_path(name: str) -> Path:
-    """Path of the file ``name`` in the repository's ``pretrained/`` folder.
+    """Path of the file (or model folder) ``name`` in the repository's ``pretrained/`` folder.
 
     Raises:
         FileNotFoundError: no such file (e.g. in an install without the folder).
     """
     path = _PRETRAINED / name
-    if not path.is_file():
+    if not path.exists():
+        script = "nlp/train_transformer.py" if name.endswith("_bert") else "pretrained/train_fashion_mnist.py"
         raise FileNotFoundError(
             f"{path} does not exist. The pretrained files ship with the source repository, not "
-            f"with the package; recreate them with `python pretrained/train_fashion_mnist.py`.")
+            f"with the package; recreate them with `python {script}` (pretrained/README.md).")
     return path
 
 
@@ -180,10 +199,12 @@ def load_fashion_cnn(path: str | os.PathLike | None = None) -> FashionCNN:
 def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
     """An untrained model by architecture name.
 
-    ``"fashion_cnn"`` and ``"cluttered_vgg"`` are the bundled
-    :class:`FashionCNN` and :class:`ClutteredVGG`; any other name is a
-    torchvision architecture (``"vgg16"``, ``"resnet50"``, ...), built without
-    weights.
+    ``"fashion_cnn"``, ``"cluttered_vgg"`` and ``"cluttered_vit"`` are the
+    bundled :class:`FashionCNN`, :class:`ClutteredVGG` and
+    :func:`cluttered_vit`; ``"timm:<name>"`` is a ``timm`` model
+    (``"timm:vit_small_patch16_224"``, ``"timm:convnext_tiny"``; needs
+    ``timm``); any other name is a torchvision architecture (``"vgg16"``,
+    ``"resnet50"``, ...). All are built without weights.
 
     Raises:
         ValueError: unknown name (close names are listed).
@@ -192,28 +213,45 @@ def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
 
     import torchvision
 
-    ours = {"fashion_cnn": FashionCNN, "cluttered_vgg": ClutteredVGG}
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if arch.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError(f"{arch} needs the optional dependency: pip install 'inputiba[timm]'") from err
+        name = arch[len("timm:"):]
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=5)
+            hint = f"; close names: {', '.join('timm:' + c for c in close)}" if close else ""
+            raise ValueError(f"unknown timm architecture {name!r}{hint}")
+        return timm.create_model(name, pretrained=False, **kwargs)
+    ours = {"fashion_cnn": FashionCNN, "cluttered_vgg": ClutteredVGG, "cluttered_vit": cluttered_vit}
     if arch in ours:
-        return ours[arch](**({} if num_classes is None else {"num_classes": num_classes}))
+        return ours[arch](**kwargs)
     names = torchvision.models.list_models()
     if arch not in names:
         close = difflib.get_close_matches(arch, names + list(ours), n=5)
         hint = f"; close names: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown architecture {arch!r}{hint}")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return torchvision.models.get_model(arch, weights=None, **kwargs)
 
 
 def hub_weights_path(arch: str) -> Path:
     """Where torchvision keeps the default weights of ``arch`` in the torch hub cache.
 
+    For ``"timm:<name>"``: the model's weights in the Hugging Face hub cache
+    (``~/.cache/huggingface/hub``, where ``timm`` keeps them), looked up
+    without any network access.
+
     Nothing is downloaded: the file must already be there (copy it from a
     machine that has it, or download it yourself).
 
     Raises:
         FileNotFoundError: the file is not in the cache (the path is named).
-        ValueError: torchvision has no weights for ``arch``.
+        ValueError: torchvision (or timm) has no weights for ``arch``.
     """
+    if arch.startswith("timm:"):
+        return _timm_cached_weights(arch[len("timm:"):])
     import torchvision
 
     try:
@@ -228,22 +266,41 @@ def hub_weights_path(arch: str) -> Path:
     return path
 
 
+def _timm_cached_weights(name: str) -> Path:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise ValueError(f"timm names no Hugging Face weights for {name!r}")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    raise FileNotFoundError(f"the weights of timm:{name} are not in the Hugging Face cache (repository {hub_id}); "
+                            "nothing is downloaded at run time: pass the weights file with --weights instead")
+
+
 def load_model(arch: str, weights: str | os.PathLike | None, num_classes: int | None = None) -> nn.Module:
     """A model in eval mode, with weights from a local file or the hub cache.
 
     Args:
         arch: architecture name (see :func:`build_model`).
-        weights: a state-dict file; ``"hub"`` for torchvision's default
-            weights in the torch hub cache (:func:`hub_weights_path`);
-            ``"bundled"`` for the shipped weights (``arch="fashion_cnn"`` or
-            ``"cluttered_vgg"``); ``None`` keeps random weights.
+        weights: a state-dict file (``torch.save``, or ``.safetensors``);
+            ``"hub"`` for the default weights already in the torch hub cache
+            (torchvision) or the Hugging Face cache (``timm:`` models)
+            (:func:`hub_weights_path`); ``"bundled"`` for the shipped weights
+            (``arch`` ``"fashion_cnn"``, ``"cluttered_vgg"`` or
+            ``"cluttered_vit"``); ``None`` keeps random weights.
         num_classes: output classes, when not the architecture's default.
     """
     model = build_model(arch, num_classes)
     if weights == "hub":
         weights = hub_weights_path(arch)
     elif weights == "bundled":
-        bundled = {"fashion_cnn": "fashion_mnist_cnn.pt", "cluttered_vgg": "cluttered_vgg.pt"}
+        bundled = {"fashion_cnn": "fashion_mnist_cnn.pt", "cluttered_vgg": "cluttered_vgg.pt",
+                   "cluttered_vit": "cluttered_vit.pt"}
         if arch not in bundled:
             raise ValueError(f"weights='bundled' exists only for arch in {sorted(bundled)}")
         weights = pretrained_path(bundled[arch])
@@ -329,6 +386,28 @@ class TextCheckpoint:
     vocab: object
     classes: list[str]
     info: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def feature_layer(self) -> str:
+        """The feature bottleneck's default layer (:attr:`LSTMClassifier.feature_layer`)."""
+        return self.model.feature_layer
+
+    @property
+    def input_layer(self) -> str:
+        """The embedding layer, where InputIBA's input stage acts."""
+        return TEXT_INPUT_LAYER
+
+    @property
+    def stats_path(self) -> Path | None:
+        """The statistics file ``nlp/train.py`` writes beside the checkpoint (``<stem>_stats.pt``)."""
+        return None if self.path is None else self.path.with_name(self.path.stem + "_stats.pt")
+
+    def encode(self, texts, max_length: int | None = None):
+        """Token ids of raw texts or token lists, one word per token (:func:`inputiba.text.encode_words`)."""
+        from .text import encode_words
+
+        return encode_words(texts, self.vocab, max_length)
 
 
 def save_text_classifier(path: str | os.PathLike, model: "LSTMClassifier", vocab, classes: list[str],
@@ -372,7 +451,26 @@ def load_text_classifier(path: str | os.PathLike | None = None) -> TextCheckpoin
     check_vocabulary(model, vocab)
     _check_keys(model, state["state_dict"], path)
     model.load_state_dict(state["state_dict"])
-    return TextCheckpoint(model.eval(), vocab, list(state["classes"]), dict(state["info"]))
+    return TextCheckpoint(model.eval(), vocab, list(state["classes"]), dict(state["info"]), Path(path))
+
+
+def load_text_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Any text classifier of this project: an LSTM checkpoint file or a Hugging Face model folder.
+
+    Both kinds answer the same questions (``model``, ``classes``,
+    ``encode(texts)``, ``feature_layer``, ``input_layer``, ``stats_path``):
+    a :class:`TextCheckpoint` for a file written by
+    :func:`save_text_classifier` (``None``: the bundled Rotten Tomatoes LSTM),
+    an :class:`inputiba.hf.TransformerCheckpoint` for a folder written by
+    ``save_pretrained`` (loaded from that folder only).
+    """
+    from .hf import is_model_folder, load_text_transformer
+
+    if path is not None and is_model_folder(path):
+        return load_text_transformer(path, device)
+    ck = load_text_classifier(path)
+    ck.model.to(device)
+    return ck
 
 
 # ---------------------------------------------------------------- cluttered FashionMNIST
@@ -447,6 +545,39 @@ def load_cluttered_vgg(path: str | os.PathLike | None = None) -> ClutteredVGG:
     """
     model = ClutteredVGG()
     load_state(model, cluttered_file("cluttered_vgg.pt") if path is None else path)
+    return model.eval()
+
+
+__all__ += ["CLUTTERED_VIT", "cluttered_vit", "load_cluttered_vit"]
+
+#: The bundled vision transformer of the cluttered benchmark (``timm``'s
+#: ``VisionTransformer``): 64 x 64 grey canvases in 8 x 8 patches (an 8 x 8
+#: grid and a class token), width 128, 6 blocks of 4 heads, MLP ratio 2.
+CLUTTERED_VIT = dict(img_size=64, patch_size=8, in_chans=1, num_classes=10, embed_dim=128, depth=6,
+                     num_heads=4, mlp_ratio=2.0)
+
+
+def cluttered_vit(**overrides) -> nn.Module:
+    """A new, untrained :data:`CLUTTERED_VIT` (needs ``timm``: ``pip install 'inputiba[timm]'``)."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError as err:
+        raise ImportError("the cluttered ViT needs the optional dependency: pip install 'inputiba[timm]'") from err
+    return VisionTransformer(**{**CLUTTERED_VIT, **overrides})
+
+
+def load_cluttered_vit(path: str | os.PathLike | None = None) -> nn.Module:
+    """The bundled cluttered-benchmark ViT in eval mode with trained weights.
+
+    Its preset bottleneck (:data:`inputiba.pipeline.PRESETS`) is the token
+    output of ``blocks.2``, halfway up its 6 blocks: 65 tokens of 128 channels.
+
+    Args:
+        path: state-dict file; ``None`` takes ``pretrained/cluttered_vit.pt``
+            (written by ``pretrained/train_cluttered.py --arch vit``).
+    """
+    model = cluttered_vit()
+    load_state(model, cluttered_file("cluttered_vit.pt") if path is None else path)
     return model.eval()
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,12 +42,32 @@ from .validation import check_finite, check_settings, model_device, slice_target
 
 __all__ = ["PRESETS", "preset_for", "InputIBAConfig", "SCHEDULES", "schedule", "InputIBAResult", "InputIBA"]
 
-#: Bottleneck layer and feature-stage settings per architecture family
-#: (matched by class name): VGG16's conv4_1 before its ReLU, ResNet-50's
-#: layer2 output with the ReLU (half-Gaussian) estimator.
-PRESETS: dict[str, dict] = {
+def _vit_preset(model: nn.Module) -> dict:
+    return {"layer": f"blocks.{max(0, len(model.blocks) // 2 - 1)}"}
+
+
+#: Bottleneck layer and feature-stage settings per architecture family,
+#: matched by class name (``timm.`` names only for ``timm``'s classes); a
+#: value is the settings or a function of the model that gives them.
+#:
+#: - ``VGG``: VGG16's ``conv4_1`` before its ReLU (``features.17``), the
+#:   published layer: 1/8 of the input resolution, two thirds of the way up.
+#: - ``ResNet``: the output of ``layer2`` (the second of four stages, 1/8
+#:   resolution) with the ReLU (half-Gaussian) estimator, since it is rectified.
+#: - ``timm.ConvNeXt``: the output of ``stages.1``, the same place as
+#:   ResNet's preset (the second of four stages, 1/8 resolution); its
+#:   residual stream is not rectified, so the Gaussian estimator.
+#: - ``timm.VisionTransformer`` (ViT, DeiT, distilled DeiT): the token output
+#:   of block ``L // 2 - 1`` of ``L``, halfway up as for text transformers
+#:   (:mod:`inputiba.hf`): ViT tokens stay tied to their patch through the
+#:   depth of the network, more so in the lower half, and the patch grid
+#:   (:class:`inputiba.adapters.TokenGrid`) is what the prior and the map
+#:   are drawn on; the class token is bottlenecked with the patches.
+PRESETS: dict[str, dict | Callable[[nn.Module], dict]] = {
     "VGG": {"layer": "features.17"},
     "ResNet": {"layer": "layer2", "relu": True},
+    "timm.ConvNeXt": {"layer": "stages.1"},
+    "timm.VisionTransformer": _vit_preset,
 }
 
 
@@ -438,15 +458,17 @@ class InputIBA:
 
 
 def preset_for(model: nn.Module) -> dict:
-    """The :data:`PRESETS` entry of the model's architecture family (by class name).
+    """The :data:`PRESETS` entry of the model's architecture family (by class name), as settings.
 
     Raises:
         ValueError: no preset matches; the layer must then be given.
     """
     for cls in type(model).__mro__:
+        timm = cls.__module__.startswith("timm.")
         for family, preset in PRESETS.items():
-            if cls.__name__.startswith(family):
-                return preset
+            name = family[len("timm."):] if family.startswith("timm.") else family
+            if (timm or not family.startswith("timm.")) and cls.__name__.startswith(name):
+                return dict(preset(model) if callable(preset) else preset)
     raise ValueError(f"no preset layer for {type(model).__name__}; pass layer= (e.g. layer='features.17')")
 
 

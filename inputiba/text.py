@@ -24,7 +24,8 @@ from .io import atomic_path
 
 __all__ = ["PAD", "UNK", "tokenize", "Vocabulary", "encode_batch", "check_vocabulary", "load_glove",
            "TokenScores", "render_terminal", "render_html", "scores_to_json", "colour_scale", "terminal_legend",
-           "PER_TEXT"]
+           "PER_TEXT", "Encoded", "encode_words", "aggregate_words",
+           "WORD_REDUCTIONS"]
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -128,6 +129,71 @@ def encode_batch(texts: Sequence[str] | Sequence[Sequence[str]], vocab: Vocabula
     for i, tokens in enumerate(token_lists):
         ids[i, : len(tokens)] = torch.tensor(vocab.encode(tokens))
     return ids, token_lists
+
+
+def encode_words(texts: Sequence[str] | Sequence[Sequence[str]], vocab: Vocabulary,
+                 max_length: int | None = None) -> "Encoded":
+    """:func:`encode_batch` as an :class:`Encoded`: every token is its own word."""
+    ids, tokens = encode_batch(texts, vocab, max_length)
+    return Encoded(ids, tokens, [list(range(len(t))) for t in tokens], [list(t) for t in tokens])
+
+
+#: How :func:`aggregate_words` combines a word's token scores.
+WORD_REDUCTIONS = ("mean", "sum", "max")
+
+
+@dataclass
+class Encoded:
+    """Texts as a model's tokenizer cut them, with the word each token belongs to.
+
+    Made by :func:`encode_words` (a :class:`Vocabulary`: a token is a word)
+    or :func:`inputiba.hf.encode_texts` (a transformer's subwords).
+
+    Attributes:
+        ids: ``(B, T)`` token ids, right-padded.
+        tokens: per text, its tokens (special tokens included, padding not).
+        word_ids: per text and token, the index of the word it belongs to
+            (``None`` for special tokens).
+        words: per text, its words as they appear in the text.
+    """
+
+    ids: Tensor
+    tokens: list[list[str]]
+    word_ids: list[list[int | None]]
+    words: list[list[str]]
+
+    def word_scores(self, scores: Tensor, reduce: str = "mean") -> list[list[float]]:
+        """Per text, one score per word from ``(B, T)`` token scores (:func:`aggregate_words`)."""
+        return [aggregate_words(scores[i, : len(w)].tolist(), w, len(self.words[i]), reduce)
+                for i, w in enumerate(self.word_ids)]
+
+
+def aggregate_words(scores: Sequence[float], word_ids: Sequence[int | None], n_words: int | None = None,
+                    reduce: str = "mean") -> list[float]:
+    """One score per word from one text's token scores.
+
+    Args:
+        scores: one score per token.
+        word_ids: per token, its word (``None``: a special token, left out).
+        n_words: number of words (default: the largest word id + 1).
+        reduce: ``"mean"`` (masks: the share of the word kept), ``"sum"``
+            (bits: information adds up) or ``"max"``.
+
+    Raises:
+        ValueError: unknown ``reduce``, or scores and word ids differ in length.
+    """
+    if reduce not in WORD_REDUCTIONS:
+        raise ValueError(f"reduce must be one of {', '.join(WORD_REDUCTIONS)}; got {reduce!r}")
+    if len(scores) != len(word_ids):
+        raise ValueError(f"{len(scores)} scores but {len(word_ids)} word ids")
+    if n_words is None:
+        n_words = 1 + max((w for w in word_ids if w is not None), default=-1)
+    groups: list[list[float]] = [[] for _ in range(n_words)]
+    for s, w in zip(scores, word_ids):
+        if w is not None:
+            groups[w].append(float(s))
+    combine = {"mean": lambda g: sum(g) / len(g), "sum": sum, "max": max}[reduce]
+    return [combine(g) if g else 0.0 for g in groups]
 
 
 def check_vocabulary(model: nn.Module, vocab: Vocabulary, embedding: str = "embedding") -> None:

@@ -1,4 +1,12 @@
-"""Explain an LSTM text classifier's decisions token by token, with InputIBA or IBA.
+"""Explain a text classifier's decisions token by token, with InputIBA or IBA.
+
+The classifier is one of this project's LSTM checkpoints or a Hugging Face
+transformer folder (``save_pretrained``; loaded from disk only, with its
+tokenizer): ``--checkpoint pretrained/rotten_tomatoes_bert``. A transformer's
+texts are cut into subwords; ``--words`` shows one score per word instead (the
+mean of its subwords' masks, the sum of their bits), and special tokens
+(``[CLS]``, ``[SEP]``) score 0 in InputIBA's mask: the input stage leaves
+them alone (:mod:`inputiba.hf`).
 
 Texts come from the command line, a file (one text per line) or standard
 input. Each text's token scores are shown as coloured terminal text, and can
@@ -11,10 +19,12 @@ Examples::
     python nlp/explain.py --file reviews.txt --html out/reviews.html --json out/reviews.json
     echo "dull and far too long" | python nlp/explain.py --method iba
     python nlp/explain.py --checkpoint pretrained/synthetic_sentiment_lstm.pt "the plot was superb"
+    python nlp/explain.py --checkpoint pretrained/rotten_tomatoes_bert --words "an unwatchable mess"
 
-The bundled checkpoint (``pretrained/rotten_tomatoes_lstm.pt``) ships with
-its statistics (``..._stats.pt``), so nothing else is needed. For another
-checkpoint, give ``--stats`` or ``--estimate-from`` a dataset.
+The bundled checkpoints ship with their statistics (``..._stats.pt`` beside
+an LSTM file, ``inputiba_stats.pt`` inside a model folder), so nothing else
+is needed. For another checkpoint, give ``--stats`` or ``--estimate-from`` a
+dataset.
 
 InputIBA's input mask has one value per token, and a token's information
 costs the same in a short and in a long text (``InputIBAConfig.text``): the
@@ -48,9 +58,9 @@ from inputiba.pipeline import SCHEDULES, schedule
 from inputiba.precision import PRECISIONS
 from inputiba.datasets import imdb, rotten_tomatoes, synthetic_sentiment
 from inputiba.io import FailureLog, UsageError, atomic_path, run_command, writable_folder
-from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
-from inputiba.text import (PER_TEXT, TokenScores, check_vocabulary, colour_scale, encode_batch, render_html,
-                           render_terminal, scores_to_json, terminal_legend, tokenize)
+from inputiba.models import TextCheckpoint, load_text_model
+from inputiba.text import (PER_TEXT, TokenScores, colour_scale, render_html, render_terminal, scores_to_json,
+                           terminal_legend, tokenize)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,10 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("texts", nargs="*", help="texts to explain (default: --file, else standard input)")
     p.add_argument("--file", default=None, help="a text file with one text per line")
     p.add_argument("--checkpoint", default=None,
-                   help="text classifier file (default: the bundled Rotten Tomatoes LSTM)")
+                   help="LSTM checkpoint file or Hugging Face model folder "
+                        "(default: the bundled Rotten Tomatoes LSTM)")
     p.add_argument("--method", choices=["inputiba", "iba"], default="inputiba")
     p.add_argument("--layer", default=None,
-                   help="feature bottleneck layer (default: the LSTM below the top one)")
+                   help="feature bottleneck layer (default: the LSTM below the top one; for a transformer "
+                        "the encoder layer halfway up)")
     p.add_argument("--target", default="predicted", help="'predicted', a class index or a class name")
     p.add_argument("--schedule", choices=list(SCHEDULES), default="default",
                    help="InputIBA's schedule: the library's default (no GAN stage) or the paper's (published)")
@@ -74,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="estimate the statistics from this dataset instead")
     p.add_argument("--imdb-root", default=None, help="aclImdb folder, for --estimate-from imdb")
     p.add_argument("--max-length", type=int, default=None, help="cut texts to this many tokens")
+    p.add_argument("--words", action="store_true",
+                   help="one score per word (a transformer's subwords combined) instead of per token")
     p.add_argument("--html", default=None, help="write an HTML page here")
     p.add_argument("--json", default=None, help="write the scores as JSON here")
     p.add_argument("--quiet", action="store_true", help="print nothing to the terminal")
@@ -116,30 +130,27 @@ def resolve_target(target: str, classes: list[str], n: int):
 
 def build_explainer(args, checkpoint):
     model = checkpoint.model.to(args.device)
-    layer = args.layer or model.feature_layer
+    layer = args.layer or checkpoint.feature_layer
     if args.method == "iba":
         overrides = {} if args.beta is None else {"beta": args.beta}
-        explainer = IBA(model, layer, input_layer=TEXT_INPUT_LAYER, precision=args.precision, **overrides)
+        explainer = IBA(model, layer, input_layer=checkpoint.input_layer, precision=args.precision, **overrides)
     else:
         config = schedule(args.schedule, text=True).with_precision(args.precision)
         if args.beta is not None:
             config = replace(config, input=replace(config.input, beta=args.beta))
-        explainer = InputIBA(model, layer, config, input_layer=TEXT_INPUT_LAYER)
+        explainer = InputIBA(model, layer, config, input_layer=checkpoint.input_layer)
     if args.estimate_from:
         data = {"rotten_tomatoes": rotten_tomatoes, "synthetic": synthetic_sentiment}.get(args.estimate_from)
         data = imdb(args.imdb_root, "train") if args.estimate_from == "imdb" else data()
-        explainer.estimate(data.batches(checkpoint.vocab, 256, max_length=args.max_length), 1000)
+        n = min(len(data), 1000)
+        explainer.estimate([checkpoint.encode(data.tokens[k:min(k + 256, n)], args.max_length).ids.to(args.device)
+                            for k in range(0, n, 256)], n)
         return explainer
-    stats = Path(args.stats) if args.stats else _default_stats(args.checkpoint)
-    if not stats.is_file():
+    stats = Path(args.stats) if args.stats else checkpoint.stats_path
+    if stats is None or not stats.is_file():
         raise UsageError(f"no statistics at {stats}: give --stats or --estimate-from")
     explainer.load_stats(stats)
     return explainer
-
-
-def _default_stats(checkpoint: str | None) -> Path:
-    path = Path(checkpoint) if checkpoint else pretrained_path("rotten_tomatoes_lstm.pt")
-    return path.with_name(path.stem + "_stats.pt")
 
 
 def main(argv=None) -> int:
@@ -149,14 +160,13 @@ def main(argv=None) -> int:
     for path in (args.html, args.json):
         if path:
             writable_folder(Path(path).resolve().parent, f"folder of {path}")
-    checkpoint = load_text_classifier(args.checkpoint)
-    check_vocabulary(checkpoint.model, checkpoint.vocab)
+    checkpoint = load_text_model(args.checkpoint)
     texts = read_texts(args)
     report = args.json or args.html
     failures = FailureLog(Path(report).resolve().parent) if report else None
     kept = []
     for i, text in enumerate(texts):  # a text without a single token is reported, the rest explained
-        if tokenize(text):
+        if tokenize(text) if isinstance(checkpoint, TextCheckpoint) else text.strip():  # LSTM: its own tokens
             kept.append(i)
             if failures is not None:
                 failures.clear(f"text:{i}")
@@ -167,7 +177,8 @@ def main(argv=None) -> int:
     n_failed = len(texts) - len(kept)
     if not kept:
         raise UsageError(f"none of the {len(texts)} texts holds a token to explain")
-    ids, tokens = encode_batch([texts[i] for i in kept], checkpoint.vocab, args.max_length)
+    encoded = checkpoint.encode([texts[i] for i in kept], args.max_length)
+    ids = encoded.ids
     explainer = build_explainer(args, checkpoint)
     target = resolve_target(args.target, checkpoint.classes, len(kept))
     ids = ids.to(args.device)
@@ -178,9 +189,12 @@ def main(argv=None) -> int:
         raise UsageError(f"--target {args.target} is out of range for {probs.shape[1]} classes")
     # each text's seed from its index among the texts given: dropping a failed one changes no other
     scores = explainer.attribute(ids, target=targets, seed=[input_seed(args.seed, i) for i in kept])
-    items = [TokenScores(tok, scores[i, : len(tok)].tolist(), checkpoint.classes[int(targets[i])],
-                         float(probs[i, targets[i]]))
-             for i, tok in enumerate(tokens)]
+    if args.words:  # masks: the share of each word kept; bits add up
+        units, values = encoded.words, encoded.word_scores(scores, "mean" if args.method == "inputiba" else "sum")
+    else:
+        units, values = encoded.tokens, [scores[i, : len(tok)].tolist() for i, tok in enumerate(encoded.tokens)]
+    items = [TokenScores(list(unit), value, checkpoint.classes[int(targets[i])], float(probs[i, targets[i]]))
+             for i, (unit, value) in enumerate(zip(units, values))]
     # one colour scale for every text: the mask's [0, 1], or 0 .. the largest bits of the run
     unit = "InputIBA mask in [0, 1]" if args.method == "inputiba" else "IBA, bits per token"
     scale = PER_TEXT if args.per_text_scale else (0.0, 1.0) if args.method == "inputiba" else colour_scale(items)

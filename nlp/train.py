@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from inputiba import InputIBA
-from inputiba.datasets import TextDataset, imdb, rotten_tomatoes, synthetic_sentiment
+from inputiba.datasets import TextDataset, text_splits
 from inputiba.io import UsageError, atomic_path, run_command
 from inputiba.models import TEXT_INPUT_LAYER, LSTMClassifier, save_text_classifier
 from inputiba.text import Vocabulary, load_glove
@@ -69,13 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_data(args) -> tuple[TextDataset, TextDataset]:
-    if args.data == "imdb":
-        if args.imdb_root is None:
-            raise UsageError("--data imdb needs --imdb-root (the aclImdb folder)")
-        return imdb(args.imdb_root, "train"), imdb(args.imdb_root, "test")
-    data = (synthetic_sentiment(args.n_synthetic, seed=args.seed) if args.data == "synthetic"
-            else rotten_tomatoes())
-    return data.split(args.test_fraction, seed=args.seed)
+    if args.data == "imdb" and args.imdb_root is None:
+        raise UsageError("--data imdb needs --imdb-root (the aclImdb folder)")
+    return text_splits(args.data, args.imdb_root, args.n_synthetic, args.test_fraction, args.seed)
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
-"""Train the bundled ClutteredVGG on cluttered FashionMNIST canvases and write its files.
+"""Train the bundled ClutteredVGG (or the cluttered ViT) on cluttered FashionMNIST canvases and write its files.
 
 Run from the repository root (reads FashionMNIST from ``--root``, unpacking it
 there from the Debian package ``dataset-fashion-mnist`` if needed)::
 
     python pretrained/train_cluttered.py --threads 2
+    python pretrained/train_cluttered.py --arch vit --epochs 8 --lr 5e-4 --threads 2   # needs timm
 
 The canvases come from :class:`inputiba.cluttered.ClutteredFashionMNIST`
 (default :class:`~inputiba.cluttered.ClutteredConfig`): ``--n-train`` train
@@ -18,6 +19,11 @@ Writes to ``--out-dir``, each file atomically:
 - ``cluttered_examples.pt``: the first 8 test canvases (raw uint8), labels
   and target boxes (:func:`inputiba.cluttered.save_examples`);
 - ``cluttered_vgg.json``: test accuracy and the training settings.
+
+With ``--arch vit`` the model is :func:`inputiba.models.cluttered_vit` (AdamW,
+weight decay 0.05) and the files are ``cluttered_vit.pt``,
+``cluttered_vit_stats.pt`` (at its preset layer, ``blocks.2``) and
+``cluttered_vit.json``; the shipped examples are not rewritten.
 """
 from __future__ import annotations
 
@@ -39,7 +45,8 @@ from inputiba import IBA
 from inputiba.cluttered import (CLUTTERED_MEAN, CLUTTERED_STD, ClutteredFashionMNIST, normalize_canvases,
                                 save_examples)
 from inputiba.io import atomic_path
-from inputiba.models import CLUTTERED_LAYER, ClutteredVGG
+from inputiba.models import CLUTTERED_LAYER, ClutteredVGG, cluttered_vit
+from inputiba.pipeline import preset_for
 
 N_STATS_SAMPLES = 1000
 N_SHIPPED_EXAMPLES = 8
@@ -48,6 +55,7 @@ N_SHIPPED_EXAMPLES = 8
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="data/", help="data folder (FashionMNIST/raw/ inside)")
+    parser.add_argument("--arch", choices=["vgg", "vit"], default="vgg")
     parser.add_argument("--n-train", type=int, default=100_000, help="train canvases")
     parser.add_argument("--n-test", type=int, default=2000, help="test canvases")
     parser.add_argument("--epochs", type=int, default=4)
@@ -122,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
 
     shuffled = DataLoader(TensorDataset(train_images, train_labels), batch_size=args.batch_size,
                           shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    model = ClutteredVGG()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.arch == "vit":
+        model, layer, name = cluttered_vit(), preset_for(cluttered_vit())["layer"], "cluttered_vit"
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    else:
+        model, layer, name = ClutteredVGG(), CLUTTERED_LAYER, "cluttered_vgg"
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(shuffled))
     start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"test accuracy {accuracy:.4f} on {len(test_labels)} canvases "
           f"({examples_correct}/{N_SHIPPED_EXAMPLES} shipped examples right); trained in {seconds:.0f} s")
 
-    iba = IBA(model, CLUTTERED_LAYER)
+    iba = IBA(model, layer)
     stats_images = normalize_canvases(train_images[:N_STATS_SAMPLES])
     iba.estimate(DataLoader(TensorDataset(stats_images), batch_size=250), n_samples=N_STATS_SAMPLES)
 
@@ -149,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "schedule": "Adam, cosine decay to 0 over all steps",
+        "schedule": ("AdamW (weight decay 0.05)" if args.arch == "vit" else "Adam")
+                    + ", cosine decay to 0 over all steps",
+        "arch": args.arch,
         "canvas_config": asdict(train_set.config),
         "pixel_mean": CLUTTERED_MEAN,
         "pixel_std": CLUTTERED_STD,
@@ -158,17 +172,18 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 1),
         "generate_seconds": round(generate_seconds, 1),
-        "layer": CLUTTERED_LAYER,
+        "layer": layer,
         "examples_correct": examples_correct,
     }
 
-    with atomic_path(out_dir / "cluttered_vgg.pt") as tmp:
+    with atomic_path(out_dir / f"{name}.pt") as tmp:
         torch.save(model.state_dict(), tmp)
-    iba.save_stats(out_dir / "cluttered_vgg_stats.pt")  # atomic itself
-    save_examples(out_dir / "cluttered_examples.pt", test_set, N_SHIPPED_EXAMPLES)
-    with atomic_path(out_dir / "cluttered_vgg.json") as tmp:
+    iba.save_stats(out_dir / f"{name}_stats.pt")  # atomic itself
+    if args.arch == "vgg":
+        save_examples(out_dir / "cluttered_examples.pt", test_set, N_SHIPPED_EXAMPLES)
+    with atomic_path(out_dir / f"{name}.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {out_dir}/cluttered_vgg{{.pt,_stats.pt,.json}} and cluttered_examples.pt")
+    print(f"wrote {out_dir}/{name}{{.pt,_stats.pt,.json}}")
 
 
 if __name__ == "__main__":

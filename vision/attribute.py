@@ -53,7 +53,8 @@ from torchvision import transforms
 from inputiba import IBA, InputIBA, input_seed
 from inputiba.config import load_config
 from inputiba.datasets import fashion_mnist_transform
-from inputiba.io import FailureLog, atomic_path, distributed_rank, run_command, save_npz, shard, writable_folder
+from inputiba.io import (FailureLog, UsageError, atomic_path, distributed_rank, run_command, save_npz, shard,
+                         writable_folder)
 from inputiba.models import FASHION_CNN_LAYER, load_model
 from inputiba.pipeline import SCHEDULES, preset_for, schedule
 from inputiba.precision import PRECISIONS
@@ -67,13 +68,17 @@ GRAY_MEAN, GRAY_STD = 0.449, 0.226
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", help="an image file, a folder of images, or an ImageFolder tree")
-    p.add_argument("--arch", required=True, help="torchvision architecture name, or fashion_cnn")
+    p.add_argument("--arch", required=True,
+                   help="torchvision architecture name, timm:<name> (a timm model, e.g. timm:convnext_tiny), "
+                        "or a bundled model: fashion_cnn, cluttered_vgg, cluttered_vit")
     p.add_argument("--weights", default=None,
-                   help="state-dict file, 'hub' (torch hub cache) or 'bundled' (fashion_cnn)")
+                   help="state-dict file (.pt/.pth or .safetensors), 'hub' (weights already in the torch hub "
+                        "cache, or for timm: models the Hugging Face cache; nothing is downloaded) or 'bundled'")
     p.add_argument("--num-classes", type=int, default=None, help="outputs, if not the architecture's")
-    p.add_argument("--preprocess", choices=["imagenet", "fashion-mnist", "none"], default="imagenet",
+    p.add_argument("--preprocess", choices=["imagenet", "fashion-mnist", "timm", "none"], default=None,
                    help="imagenet: resize, centre crop, ImageNet mean/std; fashion-mnist: 28x28 "
-                        "grayscale; none: the image as it is, in [0, 1]")
+                        "grayscale; timm: the timm model's own evaluation transform (size, crop, mean/std); "
+                        "none: the image as it is, in [0, 1] (default: timm for timm: models, else imagenet)")
     p.add_argument("--size", type=int, default=224, help="crop size for imagenet preprocessing")
     p.add_argument("--grayscale", action="store_true", help="read images as one channel")
     p.add_argument("--method", choices=["inputiba", "iba"], default="inputiba")
@@ -102,7 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retry-failed", action="store_true",
                    help="retry the images an earlier run recorded in failures.jsonl (default: skip them)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.preprocess is None:
+        args.preprocess = "timm" if args.arch.startswith("timm:") else "imagenet"
+    return args
 
 
 def list_images(root: Path) -> list[Path]:
@@ -126,7 +134,13 @@ def folder_classes(files: list[Path]) -> dict[str, int]:
     return {name: i for i, name in enumerate(names)}
 
 
-def build_transform(args: argparse.Namespace) -> transforms.Compose:
+def build_transform(args: argparse.Namespace, model=None) -> transforms.Compose:
+    if args.preprocess == "timm":
+        if not args.arch.startswith("timm:"):
+            raise UsageError("--preprocess timm is for timm: architectures")
+        from timm.data import create_transform, resolve_data_config
+
+        return create_transform(**resolve_data_config({}, model=model))
     if args.preprocess == "fashion-mnist":
         return transforms.Compose([transforms.Grayscale(), transforms.Resize((28, 28)),
                                    *fashion_mnist_transform().transforms])
@@ -275,7 +289,7 @@ def _run(args, rank: int, world: int) -> int:
         with atomic_path(out / "run.json", suffix=".json") as tmp:
             Path(tmp).write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
     model = load_model(args.arch, args.weights, args.num_classes).to(args.device)
-    transform = build_transform(args)
+    transform = build_transform(args, model)
     attributor = make_attributor(args, model)
     prepare_stats(args, attributor, root, transform, rank, world)
 
