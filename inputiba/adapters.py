@@ -154,9 +154,6 @@ class ImageAdapter:
         grid: the model's patch grid, for token features (default: none).
     """
 
-    def __init__(self, grid: TokenGrid | None = None) -> None:
-        self.grid = grid
-
     kind = "image"
     #: dimensions of a feature map (after the batch) pooled by the statistics
     pooled_dims = 0
@@ -165,6 +162,9 @@ class ImageAdapter:
     point_channel_dim = 1
     #: spatial dimensions the GAN's critic convolves over
     critic_dims = 2
+
+    def __init__(self, grid: TokenGrid | None = None) -> None:
+        self.grid = grid
 
     def check_inputs(self, inputs: Tensor) -> None:
         """Raise ``ValueError`` unless ``inputs`` is a ``(B, C, H, W)`` float batch."""

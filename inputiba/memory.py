@@ -25,10 +25,10 @@ GiB = 1024 ** 3
 
 #: On a CPU, the bytes of one step's noisy rows at the bottleneck up to which
 #: explaining several inputs per call is faster than one at a time. Measured on
-#: 2 cores (``benchmarks/RESULTS.md``, *Batching*): VGG16 and ResNet-50 at 224 px
-#: (15 MiB per input at their preset layers) ran 1.3-1.7x slower per image at
-#: batch 4-8 than at batch 1; VGG16 at 112 px (4 MiB per input) 1.35x faster at
-#: batch 4.
+#: 2 cores (``benchmarks/RESULTS.md``, *Batches on a CPU*): VGG16 and ResNet-50
+#: at 224 px (15 MiB per input at their preset layers) ran 1.3-1.7x slower per
+#: image at batch 4-8 than at batch 1; at 112 px (4 MiB per input) batch 4 ran
+#: 1.39x (VGG16) and 1.14x (ResNet-50) faster.
 CPU_STEP_BYTES = 16 * 2 ** 20
 
 
