@@ -48,10 +48,12 @@ weights load from local folders only (``local_files_only=True``).
 """
 from __future__ import annotations
 
+import heapq
 import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +61,7 @@ from torch import Tensor, nn
 from .text import Encoded
 
 __all__ = ["Family", "FAMILIES", "TextTransformer", "encode_texts", "TransformerCheckpoint",
-           "load_text_transformer", "is_model_folder", "train_wordpiece", "STATS_FILE"]
+           "load_text_transformer", "is_model_folder", "learn_pieces", "train_wordpiece", "STATS_FILE"]
 
 #: The file, inside a model folder, that holds the library's feature statistics.
 STATS_FILE = "inputiba_stats.pt"
@@ -231,12 +233,79 @@ def encode_texts(tokenizer: Any, texts: Sequence[str] | Sequence[Sequence[str]],
     return Encoded(ids, tokens, word_ids, words)
 
 
-def train_wordpiece(texts: Sequence[Sequence[str]] | Sequence[str], vocab_size: int = 4000) -> Any:
-    """A BERT-style WordPiece tokenizer learnt from ``texts``, offline (the ``tokenizers`` package).
+def learn_pieces(word_counts: Mapping[str, int], size: int) -> list[str]:
+    """A WordPiece vocabulary of at most ``size`` pieces learnt by frequency merges, deterministically.
 
-    Lower case, BERT's splitting of words and punctuation, special tokens
-    ``[PAD]`` (id 0), ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``, and
-    ``[CLS] text [SEP]`` around each text. Deterministic for the same texts.
+    Every character of the words is a piece (as a word's first character, and
+    as ``##c`` inside a word); then, as in the trainer of the ``tokenizers``
+    package, the most frequent pair of adjacent pieces is merged into a new
+    piece, again and again. Ties are broken by the pieces themselves, so the
+    same words always give the same vocabulary in the same order (that
+    trainer breaks them in hash-map order, different in every process).
+
+    Args:
+        word_counts: each word and how often it occurs.
+        size: pieces wanted (the alphabet always comes whole).
+
+    Returns:
+        The alphabet, sorted, then the merged pieces in the order they were made.
+    """
+    words = [[w[0]] + ["##" + c for c in w[1:]] for w in sorted(word_counts) if w]
+    counts = [word_counts[w] for w in sorted(word_counts) if w]
+    pieces = sorted({p for w in words for p in w})
+    known = set(pieces)
+    pairs: dict[tuple[str, str], int] = defaultdict(int)
+    holders: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            pairs[pair] += counts[i]
+            holders[pair].add(i)
+    heap = [(-c, pair) for pair, c in pairs.items()]
+    heapq.heapify(heap)
+    while len(pieces) < size and heap:
+        negative, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -negative:
+            continue  # a stale entry: the pair's count changed since it was pushed
+        merged = pair[0] + pair[1][2:]
+        touched: set[tuple[str, str]] = set()
+        for i in sorted(holders.pop(pair)):
+            old = words[i]
+            new, k = [], 0
+            while k < len(old):
+                if k + 1 < len(old) and (old[k], old[k + 1]) == pair:
+                    new.append(merged)
+                    k += 2
+                else:
+                    new.append(old[k])
+                    k += 1
+            for p in zip(old, old[1:]):
+                pairs[p] -= counts[i]
+                holders[p].discard(i)
+                touched.add(p)
+            for p in zip(new, new[1:]):
+                pairs[p] += counts[i]
+                holders[p].add(i)
+                touched.add(p)
+            words[i] = new
+        for p in sorted(touched):
+            if pairs[p] > 0:
+                heapq.heappush(heap, (-pairs[p], p))
+            else:
+                pairs.pop(p, None)
+        if merged not in known:
+            known.add(merged)
+            pieces.append(merged)
+    return pieces
+
+
+def train_wordpiece(texts: Sequence[Sequence[str]] | Sequence[str], vocab_size: int = 4000) -> Any:
+    """A BERT-style WordPiece tokenizer learnt from ``texts``, offline and deterministic.
+
+    Lower case, BERT's splitting of words and punctuation (the ``tokenizers``
+    package's normaliser and pre-tokeniser), special tokens ``[PAD]`` (id 0),
+    ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``, ``[CLS] text [SEP]`` around
+    each text, and the pieces of :func:`learn_pieces`: the same texts give the
+    same vocabulary with the same ids in any process.
 
     Args:
         texts: raw strings or texts split into words.
@@ -245,19 +314,20 @@ def train_wordpiece(texts: Sequence[Sequence[str]] | Sequence[str], vocab_size: 
     Returns:
         A ``transformers.PreTrainedTokenizerFast``.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator((t if isinstance(t, str) else " ".join(t) for t in texts),
-                            trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        text = text if isinstance(text, str) else " ".join(text)
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    pieces = learn_pieces(counts, vocab_size - len(special))
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(special + pieces)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
 

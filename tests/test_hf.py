@@ -195,3 +195,16 @@ def test_explain_script_shows_words_of_a_transformer(tmp_path):
     item = json.loads(out.read_text())[0]
     assert item["tokens"] == ["the", "film", "was", "superb"]
     assert max(range(4), key=item["scores"].__getitem__) == 3
+
+
+def test_wordpiece_vocabulary_is_learnt_deterministically():
+    from inputiba.hf import learn_pieces
+
+    # the alphabet (sorted), then the most frequent pair first; ties broken by the pieces
+    assert learn_pieces({"ab": 3, "ac": 1, "b": 1}, 10) == ["##b", "##c", "a", "b", "ab", "ac"]
+    assert learn_pieces({"ab": 1, "ac": 1}, 4) == ["##b", "##c", "a", "ab"]
+    words = [t.split() for t in TEXTS] * 3 + [["unwatchably", "stories"], ["storyline"]]
+    first, second = train_wordpiece(words, 90), train_wordpiece(list(reversed(words)), 90)
+    ids = list(range(len(first)))
+    assert len(first) == 90 and first.convert_ids_to_tokens(ids) == second.convert_ids_to_tokens(ids)
+    assert first.convert_ids_to_tokens([0, 1, 2, 3]) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
