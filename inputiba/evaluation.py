@@ -64,8 +64,10 @@ __all__ = [
     "spearman",
     "sanity_check",
     "TextScorer",
+    "movable_tokens",
     "token_deletion",
     "token_insertion",
+    "token_evidence",
 ]
 
 #: ``scorer(states, owners) -> logits``: ``states`` ``(N, C, *S)``, ``owners``
@@ -833,8 +835,49 @@ class TextScorer:
             return run_model(self.model, self.ids[owners])
 
 
+def movable_tokens(ids: Tensor, pad_index: int = 0, special_ids: Sequence[int] = ()) -> Tensor:
+    """``(B, T)`` bool: the tokens a text metric may move, neither padding nor special.
+
+    Special tokens (a transformer's ``[CLS]``, ``[SEP]``) are part of every
+    input's format, not of its text: the token metrics keep them as they are
+    and do not count them in a text's length.
+
+    Raises:
+        ValueError: a text has no such token (naming it).
+    """
+    movable = ids != pad_index
+    if len(special_ids):
+        movable &= ~torch.isin(ids, torch.as_tensor(list(special_ids), dtype=ids.dtype, device=ids.device))
+    empty = ~movable.any(dim=1)
+    if empty.any():
+        raise ValueError(f"text {int(empty.nonzero()[0])} has no token to score (only padding or special tokens)")
+    return movable
+
+
+def _token_ranks(attribution: Tensor, movable: Tensor, seed: int | None) -> Tensor:
+    """``(B, T)`` rank of each token, 0 for the most relevant; tokens that may not move rank last.
+
+    Ties are broken by one random key per position drawn from ``seed`` (the
+    order of the text with ``None``). The first ``L`` keys do not depend on
+    how many follow, so a text's ranks do not depend on the padding its
+    batch gives it (:func:`pixel_ranks`' permutation of all ``T`` positions
+    would).
+    """
+    T = attribution.shape[1]
+    if seed is None:
+        perm = torch.arange(T, device=attribution.device)
+    else:
+        keys = torch.rand(T, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        perm = torch.argsort(keys).to(attribution.device)
+    scores = attribution.masked_fill(~movable, float("-inf"))
+    order = perm[torch.sort(scores[:, perm], dim=1, descending=True, stable=True).indices]
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(T, device=order.device).expand_as(order))
+    return ranks
+
+
 def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor, insert: bool,
-                 baseline: float | Tensor, embedding: str | nn.Module, pad_index: int,
+                 baseline: float | Tensor, embedding: str | nn.Module, pad_index: int, special_ids: Sequence[int],
                  tokens_per_step: int, fraction: float, batch_size: int, tie_seed: int | None) -> CurveResult:
     scorer = TextScorer(model, ids, embedding)
     emb = scorer.embeddings()
@@ -843,16 +886,15 @@ def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int
         raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    valid = ids != pad_index
+    valid = movable_tokens(ids, pad_index, special_ids)
     lengths = valid.sum(dim=1)
-    if (lengths == 0).any():
-        raise ValueError(f"text {int((lengths == 0).nonzero()[0])} is empty (padding only)")
     limit = torch.ceil(fraction * lengths).long().clamp_min(1)        # tokens moved in all
     steps = torch.ceil(limit / tokens_per_step).long()                # curve steps per text
     K = int(steps.max())
-    ranks = pixel_ranks(attribution.masked_fill(~valid, float("-inf")), tie_seed)  # padding never moves
+    ranks = _token_ranks(attribution, valid, tie_seed)
     counts = (torch.arange(K + 1, device=ids.device) * tokens_per_step).unsqueeze(0).clamp_max(limit.unsqueeze(1))
     base = _broadcast(baseline, emb, "baseline")
+    base = torch.where(valid.unsqueeze(1), base, emb)  # padding and special tokens keep their embeddings
     start, end = (base, emb) if insert else (emb, base)
 
     def build(index: Tensor) -> tuple[Tensor, Tensor]:
@@ -871,21 +913,22 @@ def _token_curve(model: nn.Module, ids: Tensor, attribution: Tensor, target: int
 
 
 def token_deletion(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor,
-                   embedding: str | nn.Module = "embedding", pad_index: int = 0,
+                   embedding: str | nn.Module = "embedding", pad_index: int = 0, special_ids: Sequence[int] = (),
                    tokens_per_step: int = 2, fraction: float = 0.4, baseline: float | Tensor = 0.0,
                    batch_size: int = 128, tie_seed: int | None = 0) -> CurveResult:
     """Deletion for text (InputIBA's NLP protocol): the most relevant tokens' embeddings set to zero.
 
     ``tokens_per_step`` tokens move per step until ``ceil(fraction * length)``
     of a text's real tokens have moved (2 tokens and the first 40 % by
-    default); padding never moves. The score is the target's softmax
-    probability.
+    default); padding and the ``special_ids`` tokens never move
+    (:func:`movable_tokens`). The score is the target's softmax probability.
 
     Args:
         model: the text classifier (its embedding layer is named by ``embedding``).
         ids: ``(B, T)`` right-padded token ids.
         attribution: ``(B, T)`` token scores (values at padding are ignored).
         target: ``(B,)`` classes, or one int.
+        special_ids: ids of special tokens, kept as they are and not counted.
         baseline: value of a deleted embedding (zeros), broadcast to ``(B, D, T)``.
         tie_seed: seed of the order among tied tokens (:func:`pixel_ranks`);
             ``None``: the order of the text.
@@ -896,17 +939,80 @@ def token_deletion(model: nn.Module, ids: Tensor, attribution: Tensor, target: i
         after a text's last step (texts of different lengths take different
         numbers of steps). Lower AUC is better.
     """
-    return _token_curve(model, ids, attribution, target, False, baseline, embedding, pad_index,
+    return _token_curve(model, ids, attribution, target, False, baseline, embedding, pad_index, special_ids,
                         tokens_per_step, fraction, batch_size, tie_seed)
 
 
 def token_insertion(model: nn.Module, ids: Tensor, attribution: Tensor, target: int | Tensor,
-                    embedding: str | nn.Module = "embedding", pad_index: int = 0,
+                    embedding: str | nn.Module = "embedding", pad_index: int = 0, special_ids: Sequence[int] = (),
                     tokens_per_step: int = 2, fraction: float = 0.4, baseline: float | Tensor = 0.0,
                     batch_size: int = 128, tie_seed: int | None = 0) -> CurveResult:
-    """Insertion for text: from all-zero embeddings, the most relevant tokens' embeddings put back.
+    """Insertion for text: from zero embeddings, the most relevant tokens' embeddings put back.
+
+    Padding and the ``special_ids`` tokens keep their embeddings throughout.
 
     Steps, arguments and result as in :func:`token_deletion`. Higher AUC is better.
     """
-    return _token_curve(model, ids, attribution, target, True, baseline, embedding, pad_index,
+    return _token_curve(model, ids, attribution, target, True, baseline, embedding, pad_index, special_ids,
                         tokens_per_step, fraction, batch_size, tie_seed)
+
+
+def token_evidence(attribution: Tensor, ids: Tensor, evidence: Tensor, pad_index: int = 0,
+                   special_ids: Sequence[int] = (), word_ids: Tensor | None = None, reduce: str = "mean") -> Tensor:
+    """Evidence precision for text: the share of the ``n`` top-scored words that are evidence.
+
+    ``n`` is the number of a text's evidence words (the words that decide its
+    label, known for generated data); it is :func:`bbox_score` on the words,
+    ties shared fairly, with padding and special tokens never among the top.
+    A text scores 1 when its evidence words are exactly its ``n`` highest.
+    Without ``word_ids`` every token is a word; with them (a transformer's
+    subwords) a word's score is its tokens' scores combined by ``reduce``,
+    and it is evidence when one of its tokens is.
+
+    Args:
+        attribution: ``(B, T)`` token scores.
+        ids: ``(B, T)`` token ids.
+        evidence: ``(B, T)`` bool, true at evidence tokens; every text needs one.
+        pad_index: the padding id.
+        special_ids: ids of special tokens.
+        word_ids: ``(B, T)`` long, the word of each token (``-1`` for special
+            tokens and padding).
+        reduce: ``"mean"``, ``"sum"`` or ``"max"`` of a word's token scores.
+
+    Returns:
+        ``(B,)`` in ``[0, 1]``.
+    """
+    if any(tuple(t.shape) != tuple(ids.shape) for t in (attribution, evidence) + (() if word_ids is None
+                                                                                 else (word_ids,))):
+        raise ValueError(f"attribution {tuple(attribution.shape)}, evidence {tuple(evidence.shape)} and word_ids "
+                         f"must all be (B, T) as the ids {tuple(ids.shape)}")
+    if reduce not in ("mean", "sum", "max"):
+        raise ValueError(f"reduce must be 'mean', 'sum' or 'max', got {reduce!r}")
+    check_finite(attribution, "attribution")
+    movable = movable_tokens(ids, pad_index, special_ids)
+    evidence = evidence.to(ids.device, torch.bool)
+    if (evidence & ~movable).any():
+        raise ValueError("evidence marks padding or special tokens")
+    scores, valid = attribution, movable
+    if word_ids is not None:
+        words = word_ids.to(ids.device).masked_fill(~movable, -1)
+        if (movable & (words < 0)).any():
+            raise ValueError("word_ids give no word (-1) for a token of the text")
+        index, keep = words.clamp_min(0), movable
+        W = int(words.max()) + 1
+        counts = torch.zeros(ids.shape[0], W, device=ids.device).scatter_add_(1, index, keep.float())
+        valid = counts > 0
+        values = attribution.to(torch.float64)
+        if reduce == "max":
+            scores = torch.full((ids.shape[0], W), float("-inf"), dtype=values.dtype, device=ids.device)
+            scores = scores.scatter_reduce(1, index, values.masked_fill(~keep, float("-inf")), "amax")
+        else:
+            scores = torch.zeros(ids.shape[0], W, dtype=values.dtype, device=ids.device)
+            scores = scores.scatter_add(1, index, values * keep)
+            if reduce == "mean":
+                scores = scores / counts.clamp_min(1)
+        scores = scores.masked_fill(~valid, 0.0)
+        evidence = torch.zeros(ids.shape[0], W, device=ids.device).scatter_add_(
+            1, index, (evidence & keep).float()) > 0
+    floor = scores.masked_fill(~valid, float("inf")).amin(dim=1, keepdim=True) - 1
+    return bbox_score(torch.where(valid, scores, floor), evidence).to(attribution.dtype)

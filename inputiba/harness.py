@@ -4,8 +4,22 @@
 ``(image, label, boxes)`` samples and a list of :class:`MethodSpec`, and for
 each method attributes the samples batch by batch (target: the label), runs
 every metric of :class:`HarnessConfig` on each batch and writes each sample's
-results as soon as they exist. The table (mean ± standard error per method
-and metric) is then built from those files alone::
+results as soon as they exist.
+
+**Text.** Given ``input_layer`` (a text classifier's embedding layer),
+:func:`run_harness` takes ``(ids, label[, evidence[, word_ids]])`` samples
+instead: ``ids`` a text's ``(T,)`` token ids without padding, ``evidence``
+the positions of the tokens that decide its label where they are known, and
+``word_ids`` the word of each token (``-1`` for special tokens; default:
+every token a word). :class:`TextSamples` makes them from a text dataset and
+a model.
+Texts are right-padded into batches, every method gets ``input_layer`` and
+explains ``(B, T)`` ids, and the metrics are the text ones (token deletion and
+insertion, evidence precision); special tokens (``[CLS]``, ``[SEP]``) are
+never moved or counted.
+
+The table (mean ± standard error per method and metric) is then built from
+those files alone::
 
     <out_dir>/samples/<label>/settings.json  what the files below were computed with
     <out_dir>/samples/<label>/<index>.npz    the sample's curves
@@ -54,10 +68,10 @@ import torch
 from torch import Tensor, nn
 
 from .evaluation import (EHR_WEIGHTINGS, bbox_score, box_mask, degradation, deletion, ehr, insertion, sanity_check,
-                         sensitivity_n, usable_boxes)
+                         sensitivity_n, token_deletion, token_evidence, token_insertion, usable_boxes)
 from .hooks import resolve_layer
 from .io import FailureLog, atomic_path, save_npz
-from .methods import AttributionMethod, get_method
+from .methods import AttributionMethod, get_method, method_class
 from .methods.base import seeded
 from .seeding import Seeds, input_seed
 from .validation import model_device
@@ -74,6 +88,9 @@ __all__ = [
     "BoundingBoxMetric",
     "EHRMetric",
     "SanityMetric",
+    "TokenDeletionMetric",
+    "TokenInsertionMetric",
+    "EvidenceMetric",
     "METRICS",
     "MethodSpec",
     "HarnessConfig",
@@ -81,7 +98,9 @@ __all__ = [
     "HarnessResult",
     "run_harness",
     "DATASETS",
+    "TEXT_DATA_KINDS",
     "load_dataset",
+    "TextSamples",
     "EvaluationConfig",
     "evaluation_from_dict",
     "load_evaluation",
@@ -130,12 +149,18 @@ class MetricBatch:
 
     Attributes:
         model: the classifier.
-        inputs: ``(B, C, H, W)`` on the model's device.
-        maps: ``(B, H, W)`` float attribution maps.
+        inputs: ``(B, C, H, W)`` on the model's device (text: ``(B, T)`` token ids).
+        maps: ``(B, H, W)`` float attribution maps (text: ``(B, T)``).
         targets: ``(B,)`` long, the labels.
-        boxes: per sample a ``(K_i, 4)`` float64 tensor of boxes, ``K_i >= 0``.
+        boxes: per sample a ``(K_i, 4)`` float64 tensor of boxes, ``K_i >= 0``
+            (text: empty).
         seed: one seed per sample for a metric's random draws.
         batch_size: perturbed states per forward pass.
+        tokens: text only: the :class:`~inputiba.adapters.TokenAdapter`
+            (embedding layer, padding id, special tokens).
+        evidence: text only: ``(B, T)`` bool, the evidence tokens.
+        word_ids: text only: ``(B, T)`` long, the word of each token (``-1``
+            for special tokens and padding).
     """
 
     model: nn.Module
@@ -145,6 +170,9 @@ class MetricBatch:
     boxes: list[Tensor]
     seed: list[int]
     batch_size: int
+    tokens: Any = None
+    evidence: Tensor | None = None
+    word_ids: Tensor | None = None
 
 
 class Metric:
@@ -152,11 +180,14 @@ class Metric:
 
     :meth:`compute` returns ``(scores, curves)``: per column key a ``(B,)``
     tensor of scores, NaN where the metric is undefined for a sample, and per
-    curve name a ``(B, ...)`` tensor saved with each sample.
+    curve name a ``(B, ...)`` tensor (or one tensor per sample, when their
+    lengths differ) saved with each sample.
     """
 
     #: The metric's name in :data:`METRICS` and in configuration files.
     name: ClassVar[str] = ""
+    #: What it scores: ``"image"`` maps or ``"tokens"``.
+    modality: ClassVar[str] = "image"
 
     def columns(self) -> list[Column]:
         """The columns this metric adds to the table."""
@@ -363,6 +394,7 @@ class SanityMetric:
     """
 
     name: ClassVar[str] = "sanity"
+    modality: ClassVar[str] = "image"
     layers: tuple[str, ...] = ()
     n_samples: int = 8
     absolute: bool = True
@@ -380,16 +412,128 @@ class SanityMetric:
         return [Column("sanity", "Sanity SSIM (last cut)", False)]
 
 
-#: The metrics by name, in the order of the table's columns.
+def _own_steps(curves: Tensor) -> list[Tensor]:
+    """Each text's curve up to its own last step (a batch's curves are NaN after a text's last step)."""
+    steps = torch.isfinite(curves).sum(dim=1)
+    return [c[:int(n)] for c, n in zip(curves, steps)]
+
+
+@dataclass
+class _TokenCurveMetric(Metric):
+    """Shared settings of token deletion and insertion (InputIBA's NLP protocol).
+
+    Attributes:
+        tokens_per_step: tokens moved per step (2).
+        fraction: share of a text's tokens moved in all (the first 40 %).
+        baseline: value of a removed embedding (zeros).
+    """
+
+    modality: ClassVar[str] = "tokens"
+    tokens_per_step: int = 2
+    fraction: float = 0.4
+    baseline: float = 0.0
+
+    def compute(self, batch: MetricBatch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        run = token_deletion if self.name == "token_deletion" else token_insertion
+        r = run(batch.model, batch.inputs, batch.maps, batch.targets, embedding=batch.tokens.embedding_name,
+                pad_index=batch.tokens.pad_index, special_ids=batch.tokens.special_ids,
+                tokens_per_step=self.tokens_per_step, fraction=self.fraction, baseline=self.baseline,
+                batch_size=batch.batch_size)
+        return {self.name: r.auc}, {self.name: _own_steps(r.curve)}
+
+
+@dataclass
+class TokenDeletionMetric(_TokenCurveMetric):
+    """Token deletion AUC (lower is better): the most relevant tokens' embeddings zeroed first.
+
+    :func:`inputiba.evaluation.token_deletion`; padding and special tokens
+    never move.
+
+    Attributes:
+        tokens_per_step: tokens moved per step (2).
+        fraction: share of a text's tokens moved in all (the first 40 %).
+        baseline: value of a removed embedding (zeros).
+    """
+
+    name: ClassVar[str] = "token_deletion"
+
+    def columns(self) -> list[Column]:
+        return [Column("token_deletion", "Token deletion AUC", False)]
+
+
+@dataclass
+class TokenInsertionMetric(_TokenCurveMetric):
+    """Token insertion AUC (higher is better): from zero embeddings, the most relevant tokens put back first.
+
+    :func:`inputiba.evaluation.token_insertion`; padding and special tokens
+    keep their embeddings.
+
+    Attributes:
+        tokens_per_step: tokens moved per step (2).
+        fraction: share of a text's tokens moved in all (the first 40 %).
+        baseline: value of a removed embedding (zeros).
+    """
+
+    name: ClassVar[str] = "token_insertion"
+
+    def columns(self) -> list[Column]:
+        return [Column("token_insertion", "Token insertion AUC", True)]
+
+
+@dataclass
+class EvidenceMetric(Metric):
+    """Evidence precision and exact hits (higher is better), on the texts whose deciding words are known.
+
+    ``evidence``: :func:`inputiba.evaluation.token_evidence`, the share of a
+    text's ``n`` top-scored words among its ``n`` evidence words (the
+    bounding-box accuracy of text); ``evidence_exact``: 1 when they are
+    exactly its top ``n``, else 0. Scored on words, so that a transformer's
+    subwords count as the word they make up; a word's score combines its
+    tokens' by ``reduce``. Texts without evidence (a neutral text, a real
+    corpus) get no score.
+
+    Attributes:
+        reduce: ``"mean"``, ``"sum"`` or ``"max"`` of a word's token scores.
+    """
+
+    name: ClassVar[str] = "evidence"
+    modality: ClassVar[str] = "tokens"
+    reduce: str = "mean"
+
+    def columns(self) -> list[Column]:
+        return [Column("evidence", "Evidence precision", True), Column("evidence_exact", "Evidence exact", True)]
+
+    def compute(self, batch: MetricBatch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        B = batch.maps.shape[0]
+        device = batch.maps.device
+        precision = torch.full((B,), math.nan, dtype=torch.float64, device=device)
+        has = (batch.evidence.any(dim=1) if batch.evidence is not None
+               else torch.zeros(B, dtype=torch.bool)).to(device)
+        if has.any():
+            words = None if batch.word_ids is None else batch.word_ids[has.cpu()].to(device)
+            precision[has] = token_evidence(batch.maps[has], batch.inputs[has], batch.evidence[has.cpu()].to(device),
+                                            batch.tokens.pad_index, batch.tokens.special_ids, words,
+                                            self.reduce).to(torch.float64)
+        exact = torch.where(has, (precision > 1 - 1e-9).to(torch.float64), precision)
+        return {"evidence": precision, "evidence_exact": exact}, {}
+
+
+#: The metrics by name, in the order of the table's columns; each scores one
+#: modality (:attr:`Metric.modality`): images or token ids.
 METRICS: dict[str, type] = {cls.name: cls for cls in (
     DeletionMetric, InsertionMetric, DegradationMetric, SensitivityNMetric, BoundingBoxMetric, EHRMetric,
-    SanityMetric)}
+    SanityMetric, TokenDeletionMetric, TokenInsertionMetric, EvidenceMetric)}
+
+
+def metrics_for(modality: str) -> dict[str, Any]:
+    """Every metric of ``modality`` (``"image"`` or ``"tokens"``) with its published defaults."""
+    return {name: cls() for name, cls in METRICS.items() if cls.modality == modality}
 
 _LABEL = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 
 
-def _inputiba_config(value: Any) -> Any:
-    """An InputIBA ``config`` setting from a file: a schedule's name or a table of its parts."""
+def _inputiba_config(value: Any, text: bool = False) -> Any:
+    """An InputIBA ``config`` setting from a file: a schedule's name (for images or ``text``) or a table of its parts."""
     from .config import config_from_dict
     from .pipeline import SCHEDULES, schedule
 
@@ -398,7 +542,7 @@ def _inputiba_config(value: Any) -> Any:
     if isinstance(value, str):
         if value not in SCHEDULES:
             raise ValueError(f"inputiba config {value!r}: use one of {', '.join(SCHEDULES)} or a table of settings")
-        return schedule(value)
+        return schedule(value, text=text)
     return value
 
 
@@ -429,15 +573,31 @@ class MethodSpec:
         """The label, or the name when no label is given."""
         return self.label or self.name
 
-    def build(self, model: nn.Module) -> AttributionMethod:
+    def build(self, model: nn.Module, tokens: Any = None) -> AttributionMethod:
         """The method for ``model``.
 
+        Args:
+            model: the classifier.
+            tokens: for a text classifier, its
+                :class:`~inputiba.adapters.TokenAdapter`: the method is given
+                its embedding layer as ``input_layer`` (and its ``pad_index``)
+                unless its settings name them.
+
         Raises:
-            ValueError: unknown name or settings the method does not take.
+            ValueError: unknown name, settings the method does not take, or a
+                method that explains images only given a text model.
         """
         settings = dict(self.settings)
         if self.name == "inputiba" and "config" in settings:
-            settings["config"] = _inputiba_config(settings["config"])
+            settings["config"] = _inputiba_config(settings["config"], text=tokens is not None)
+        if tokens is not None:
+            takes = inspect.signature(method_class(self.name)).parameters
+            if "input_layer" not in takes:
+                raise ValueError(f"method {self.row!r} ({self.name}) explains images only; for text use one that "
+                                 "takes input_layer (random, iba, inputiba, lime, token_*)")
+            settings.setdefault("input_layer", tokens.embedding_name)
+            if "pad_index" in takes:
+                settings.setdefault("pad_index", tokens.pad_index)
         try:
             return get_method(self.name, model, **settings)
         except TypeError as err:
@@ -452,8 +612,9 @@ class HarnessConfig:
     Attributes:
         out_dir: folder of all results (see the module's docs).
         metrics: metric name -> settings object (:data:`METRICS`); a mapping of
-            plain settings is converted. Default: every metric with its
-            published defaults (the sanity check is skipped without layers).
+            plain settings is converted. ``None`` (the default): every metric
+            of the data's modality with its published defaults
+            (:func:`metrics_for`; the sanity check is skipped without layers).
         batch_size: samples attributed and scored together; also the unit of
             resumption and of seeding.
         seed: base seed (see the module's docs).
@@ -466,7 +627,7 @@ class HarnessConfig:
     """
 
     out_dir: str | os.PathLike = "outputs/evaluate"
-    metrics: dict[str, Any] = field(default_factory=lambda: {name: cls() for name, cls in METRICS.items()})
+    metrics: dict[str, Any] | None = None
     batch_size: int = 8
     seed: int = 0
     metric_batch_size: int = 128
@@ -474,18 +635,29 @@ class HarnessConfig:
     retry_failed: bool = False
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.metrics) - set(METRICS))
-        if unknown:
-            raise ValueError(f"unknown metrics {unknown}; known: {list(METRICS)}")
-        self.metrics = {name: _settings(METRICS[name], value, f"metrics.{name}")
-                        for name, value in self.metrics.items()}
+        if self.metrics is not None:
+            unknown = sorted(set(self.metrics) - set(METRICS))
+            if unknown:
+                raise ValueError(f"unknown metrics {unknown}; known: {list(METRICS)}")
+            self.metrics = {name: _settings(METRICS[name], value, f"metrics.{name}")
+                            for name, value in self.metrics.items()}
         for name in ("batch_size", "metric_batch_size", "prepare_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
-    def ordered_metrics(self) -> list[Any]:
-        """The chosen metrics' settings, in the table's column order."""
-        return [self.metrics[name] for name in METRICS if name in self.metrics]
+    def metrics_of(self, modality: str) -> dict[str, Any]:
+        """The chosen metrics' settings by name, in the table's column order, for data of ``modality``.
+
+        Raises:
+            ValueError: a chosen metric scores another modality (named).
+        """
+        chosen = metrics_for(modality) if self.metrics is None else self.metrics
+        other = sorted(name for name, m in chosen.items() if m.modality != modality)
+        if other:
+            what = "token ids" if modality == "tokens" else "images"
+            raise ValueError(f"metrics {other} do not score {what}; for {what} use "
+                             f"{sorted(metrics_for(modality))}")
+        return {name: chosen[name] for name in METRICS if name in chosen}
 
 
 def _settings(cls: type, value: Any, where: str) -> Any:
@@ -571,15 +743,52 @@ class HarnessResult:
 
 
 # ---------------------------------------------------------------------------- running
-def _collate(samples: Sequence[tuple]) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """``(B, C, H, W)`` images, ``(B,)`` long labels and per-sample ``(K_i, 4)`` boxes."""
-    bad = [len(s) for s in samples if not isinstance(s, (tuple, list)) or len(s) not in (2, 3)]
+@dataclass
+class _Collated:
+    """One batch of samples: inputs, labels and the ground truth of either modality."""
+
+    inputs: Tensor
+    labels: Tensor
+    boxes: list[Tensor]
+    evidence: Tensor | None = None
+    word_ids: Tensor | None = None
+
+
+def _collate(samples: Sequence[tuple], tokens: Any = None) -> _Collated:
+    """``(B, C, H, W)`` images, ``(B,)`` long labels and per-sample ``(K_i, 4)`` boxes.
+
+    Text (``tokens``, the model's :class:`~inputiba.adapters.TokenAdapter`):
+    ``(B, T)`` ids right-padded with its padding id and a ``(B, T)`` bool
+    evidence mask.
+    """
+    sizes = (2, 3, 4) if tokens is not None else (2, 3)
+    bad = [s for s in samples if not isinstance(s, (tuple, list)) or len(s) not in sizes]
     if bad:
-        raise ValueError("samples must be (image, label) or (image, label, boxes) tuples")
-    images = torch.stack([torch.as_tensor(s[0]) for s in samples])
+        what = "(ids, label[, evidence[, word_ids]])" if tokens is not None else \
+            "(image, label) or (image, label, boxes)"
+        raise ValueError(f"samples must be {what} tuples")
     labels = torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
-    boxes = [torch.as_tensor(s[2] if len(s) == 3 else [], dtype=torch.float64).reshape(-1, 4) for s in samples]
-    return images, labels, boxes
+    if tokens is None:
+        images = torch.stack([torch.as_tensor(s[0]) for s in samples])
+        boxes = [torch.as_tensor(s[2] if len(s) == 3 else [], dtype=torch.float64).reshape(-1, 4) for s in samples]
+        return _Collated(images, labels, boxes)
+    texts = [torch.as_tensor(s[0]) for s in samples]
+    if any(t.dim() != 1 or t.is_floating_point() or len(t) == 0 for t in texts):
+        raise ValueError("a text sample's ids must be a non-empty (T,) integer tensor, without padding")
+    ids = torch.full((len(texts), max(len(t) for t in texts)), tokens.pad_index, dtype=torch.long)
+    evidence = torch.zeros(ids.shape, dtype=torch.bool)
+    word_ids = torch.full(ids.shape, -1, dtype=torch.long)
+    for b, (t, s) in enumerate(zip(texts, samples)):
+        ids[b, :len(t)] = t
+        positions = torch.as_tensor(s[2] if len(s) > 2 else [], dtype=torch.long).reshape(-1)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(t)):
+            raise ValueError(f"evidence positions {positions.tolist()} lie outside a text of {len(t)} tokens")
+        evidence[b, positions] = True
+        words = torch.as_tensor(s[3], dtype=torch.long) if len(s) > 3 else torch.arange(len(t))
+        if words.shape != t.shape:
+            raise ValueError(f"word_ids of shape {tuple(words.shape)} for a text of {len(t)} tokens")
+        word_ids[b, :len(t)] = words
+    return _Collated(ids, labels, [torch.zeros(0, 4, dtype=torch.float64)] * len(texts), evidence, word_ids)
 
 
 class _Batches:
@@ -589,21 +798,24 @@ class _Batches:
     then its counts).
     """
 
-    def __init__(self, dataset: SampleSource, n: int, batch_size: int, device: torch.device) -> None:
+    def __init__(self, dataset: SampleSource, n: int, batch_size: int, device: torch.device,
+                 tokens: Any = None) -> None:
         self.dataset, self.n, self.batch_size, self.device = dataset, n, batch_size, device
+        self.tokens = tokens
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for lo in range(0, self.n, self.batch_size):
-            images, labels, _ = _collate([self.dataset[i] for i in range(lo, min(lo + self.batch_size, self.n))])
-            yield images.to(self.device), labels.to(self.device)
+            batch = _collate([self.dataset[i] for i in range(lo, min(lo + self.batch_size, self.n))], self.tokens)
+            yield batch.inputs.to(self.device), batch.labels.to(self.device)
 
 
-def _prepared(spec: MethodSpec, model: nn.Module, dataset: SampleSource, config: HarnessConfig) -> AttributionMethod:
+def _prepared(spec: MethodSpec, model: nn.Module, dataset: SampleSource, config: HarnessConfig,
+              tokens: Any = None) -> AttributionMethod:
     """``spec`` built for ``model`` and, if it needs data, prepared on the first samples."""
-    method = spec.build(model)
+    method = spec.build(model, tokens)
     if method.needs_preparation():
         n = min(config.prepare_samples, len(dataset))
-        method.prepare(_Batches(dataset, n, config.batch_size, model_device(model)), n_samples=n)
+        method.prepare(_Batches(dataset, n, config.batch_size, model_device(model), tokens), n_samples=n)
     return method
 
 
@@ -640,14 +852,16 @@ def _score(value: Tensor) -> float | None:
 
 
 def _evaluate_batch(method: AttributionMethod, spec: MethodSpec, model: nn.Module, dataset: SampleSource,
-                    indices: Sequence[int], metrics: list[Metric], config: HarnessConfig, folder: Path) -> None:
+                    indices: Sequence[int], metrics: list[Metric], config: HarnessConfig, folder: Path,
+                    tokens: Any = None) -> None:
     """Attribute and score one batch; write the files of its samples not yet on disk."""
-    images, labels, boxes = _collate([dataset[i] for i in indices])
+    collated = _collate([dataset[i] for i in indices], tokens)
+    labels = collated.labels
     device = model_device(model)
-    x, y = images.to(device), labels.to(device)
+    x, y = collated.inputs.to(device), labels.to(device)
     maps = _attribute(method, spec, x, y, indices, config)
-    batch = MetricBatch(model, x, maps, y, boxes, [input_seed(config.seed, i) for i in indices],
-                        config.metric_batch_size)
+    batch = MetricBatch(model, x, maps, y, collated.boxes, [input_seed(config.seed, i) for i in indices],
+                        config.metric_batch_size, tokens, collated.evidence, collated.word_ids)
     scores: dict[str, Tensor] = {}
     curves: dict[str, Tensor] = {}
     for metric in metrics:
@@ -675,7 +889,8 @@ def _run_sanity(spec: MethodSpec, model: nn.Module, dataset: SampleSource, sanit
     with _bar(n, f"{spec.row} sanity", progress) as bar:
         for lo in range(0, n, config.batch_size):
             indices = range(lo, min(lo + config.batch_size, n))
-            images, labels, _ = _collate([dataset[i] for i in indices])
+            collated = _collate([dataset[i] for i in indices])
+            images, labels = collated.inputs, collated.labels
 
             def explain(randomised: nn.Module, x: Tensor, target: Tensor) -> Tensor:
                 if intact is not None:
@@ -698,11 +913,11 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="sample", disable=not progress)
 
 
-def _fingerprint(spec: MethodSpec, n: int, config: HarnessConfig) -> dict:
+def _fingerprint(spec: MethodSpec, n: int, config: HarnessConfig, metrics: Mapping[str, Any]) -> dict:
     """What a method's sample files depend on, as plain JSON data."""
     data = {"method": {"name": spec.name, "settings": dict(spec.settings)}, "n_samples": n,
-            "seed": config.seed, "seeding": "per-input", "batch_size": config.batch_size, "prepare_samples": config.prepare_samples,
-            "metrics": {name: asdict(m) for name, m in config.metrics.items()}}
+            "seed": config.seed, "seeding": "per-input", "batch_size": config.batch_size,
+            "prepare_samples": config.prepare_samples, "metrics": {name: asdict(m) for name, m in metrics.items()}}
     return json.loads(json.dumps(data, default=repr))
 
 
@@ -720,7 +935,8 @@ def _check_folder(folder: Path, fingerprint: dict) -> None:
 
 
 def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[MethodSpec],
-                config: HarnessConfig | None = None, progress: bool = True) -> HarnessResult:
+                config: HarnessConfig | None = None, progress: bool = True, *,
+                input_layer: str | nn.Module | None = None, pad_index: int | None = None) -> HarnessResult:
     """Evaluate every method with every metric; write the per-sample files, the table and the figures.
 
     Args:
@@ -731,6 +947,11 @@ def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[Metho
         methods: what to evaluate; their labels must differ.
         config: settings (:class:`HarnessConfig`).
         progress: show progress bars.
+        input_layer: a text classifier's embedding layer: the samples are
+            then ``(ids, label[, evidence])`` texts (see the module's docs)
+            and every method is given this layer.
+        pad_index: the padding id of the texts (default: the model's or the
+            embedding's); special tokens are the model's ``special_token_ids``.
 
     Returns:
         A :class:`HarnessResult`; the table is also in ``results.csv`` and
@@ -738,9 +959,16 @@ def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[Metho
 
     Raises:
         ValueError: no method or sample, repeated labels, an unknown sanity
-            layer, or ``out_dir`` holds results of other settings.
+            layer, a metric or method of the other modality, or ``out_dir``
+            holds results of other settings.
     """
     config = config or HarnessConfig()
+    tokens = None
+    if input_layer is not None:
+        from .adapters import TokenAdapter
+
+        tokens = TokenAdapter(model, input_layer, pad_index)
+    chosen = config.metrics_of("tokens" if tokens is not None else "image")
     n = len(dataset)
     if n == 0 or not methods:
         raise ValueError("the harness needs at least one sample and one method")
@@ -748,8 +976,8 @@ def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[Metho
     repeated = sorted({r for r in rows if rows.count(r) > 1})
     if repeated:
         raise ValueError(f"methods {repeated} appear more than once; give them distinct labels")
-    metrics = [m for m in config.ordered_metrics() if isinstance(m, Metric)]
-    sanity = config.metrics.get("sanity")
+    metrics = [m for m in chosen.values() if isinstance(m, Metric)]
+    sanity = chosen.get("sanity")
     if sanity is not None and not sanity.layers:
         sanity = None
     for layer in sanity.layers if sanity else ():
@@ -760,17 +988,17 @@ def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[Metho
     computed = {}
     for spec in methods:
         folder = out / "samples" / spec.row
-        _check_folder(folder, _fingerprint(spec, n, config))
+        _check_folder(folder, _fingerprint(spec, n, config, chosen))
         todo = [[i for i in range(lo, min(lo + config.batch_size, n)) if f"{spec.row}/{i}" not in recorded]
                 for lo in range(0, n, config.batch_size)]
         todo = [r for r in todo if r and not all(_done(folder, i) for i in r)]
         computed[spec.row] = sum(len(r) for r in todo)
         if todo:
-            method = _prepared(spec, model, dataset, config)
+            method = _prepared(spec, model, dataset, config, tokens)
             with _bar(computed[spec.row], spec.row, progress) as bar:
                 for k, indices in enumerate(todo):
                     _evaluate_isolated(method, spec, model, dataset, indices, metrics, config, folder, failures,
-                                       first=k == 0)
+                                       first=k == 0, tokens=tokens)
                     bar.update(len(indices))
         key = f"{spec.row}/sanity"
         if sanity is not None and not (folder / "sanity.npz").is_file() and key not in recorded:
@@ -790,7 +1018,7 @@ def run_harness(model: nn.Module, dataset: SampleSource, methods: Sequence[Metho
 
 def _evaluate_isolated(method: AttributionMethod, spec: MethodSpec, model: nn.Module, dataset: SampleSource,
                        indices: list[int], metrics: list[Metric], config: HarnessConfig, folder: Path,
-                       failures: FailureLog, first: bool) -> None:
+                       failures: FailureLog, first: bool, tokens: Any = None) -> None:
     """Evaluate a batch; if it fails, each sample alone, recording the ones that fail.
 
     Per-sample seeds make a sample's result the same alone as in its batch.
@@ -798,12 +1026,12 @@ def _evaluate_isolated(method: AttributionMethod, spec: MethodSpec, model: nn.Mo
     the method is broken, not a sample.
     """
     try:
-        _evaluate_batch(method, spec, model, dataset, indices, metrics, config, folder)
+        _evaluate_batch(method, spec, model, dataset, indices, metrics, config, folder, tokens)
     except Exception:
         errors = []
         for i in indices:
             try:
-                _evaluate_batch(method, spec, model, dataset, [i], metrics, config, folder)
+                _evaluate_batch(method, spec, model, dataset, [i], metrics, config, folder, tokens)
             except Exception as err:
                 errors.append(err)
                 failures.record(f"{spec.row}/{i}", err)
@@ -832,7 +1060,17 @@ def _load(folder: Path, n: int, columns: list[Column]) -> tuple[dict[str, np.nda
         with np.load(folder / f"{i}.npz") as arrays:
             for name in arrays.files:
                 per_curve.setdefault(name, []).append(arrays[name])
-    return scores, {name: np.stack(values) for name, values in per_curve.items()}
+    return scores, {name: _stack(values) for name, values in per_curve.items()}
+
+
+def _stack(values: list[np.ndarray]) -> np.ndarray:
+    """The samples' curves as one array; curves of different lengths (texts) NaN-padded at the end."""
+    if len({v.shape for v in values}) == 1:
+        return np.stack(values)
+    out = np.full((len(values), max(len(v) for v in values)), np.nan)
+    for row, v in zip(out, values):
+        row[:len(v)] = v
+    return out
 
 
 def _report(out: Path, rows: list[str], n: int, metrics: list[Metric], sanity: SanityMetric | None,
@@ -878,6 +1116,16 @@ def _mean_curve(curves: np.ndarray) -> np.ndarray:
         return np.nanmean(finite, axis=0)
 
 
+def _resampled(curves: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Each row's finite prefix (a text's own steps) interpolated onto ``grid`` in ``[0, 1]``."""
+    out = np.full((len(curves), len(grid)), np.nan)
+    for row, c in zip(out, curves):
+        c = c[:int(np.isfinite(c).sum())]
+        if len(c) > 1:
+            row[:] = np.interp(grid, np.linspace(0, 1, len(c)), c)
+    return out
+
+
 def _save_figure(fig, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -918,6 +1166,19 @@ def _figures(folder: Path, metrics: list[Metric], curves: dict[str, dict[str, np
                    ylabel="target probability")
         _outside_legend(fig, ax)
         written["insertion_deletion"] = _save_figure(fig, folder / "insertion_deletion.png")
+    token = [m for m in metrics if isinstance(m, _TokenCurveMetric)]
+    if token:
+        grid = np.linspace(0, 1, 21)
+        fig = Figure(figsize=(5 * len(token), 4))
+        for ax, m in zip(fig.subplots(1, len(token), squeeze=False)[0], token):
+            for k, (label, c) in enumerate(curves.items()):
+                ax.plot(grid, _mean_curve(_resampled(c[m.name], grid)), label=label, **_style(k))
+            verb = "removed" if m.name == "token_deletion" else "inserted"
+            ax.set(title=m.name.replace("_", " ").capitalize(),
+                   xlabel=f"share of the first {m.fraction:.0%} of each text's tokens {verb}",
+                   ylabel="target probability")
+        _outside_legend(fig, ax)
+        written["token_insertion_deletion"] = _save_figure(fig, folder / "token_insertion_deletion.png")
     tiles = next((m.tiles for m in metrics if isinstance(m, DegradationMetric)), ())
     if tiles:
         fig = Figure(figsize=(5 * len(tiles), 4))
@@ -985,15 +1246,154 @@ def _cluttered_data(root: str = "data", split: str = "test", n_samples: int = 64
     return ClutteredFashionMNIST(root, split=split, n=n_samples, seed=seed)
 
 
+def _first(data: Any, n_samples: int | None, start: int = 0) -> Any:
+    """Texts ``start`` to ``start + n_samples`` of a :class:`~inputiba.datasets.TextDataset` (all: ``None``)."""
+    if start < 0 or (n_samples is not None and n_samples < 1):
+        raise ValueError(f"[data] start must be >= 0 and n_samples positive; got {start} and {n_samples}")
+    end = len(data) if n_samples is None else min(start + n_samples, len(data))
+    return data.subset(range(start, end))
+
+
+def _synthetic_sentiment_data(n_samples: int = 64, seed: int = 123, classes: Sequence[str] | None = None) -> Any:
+    """Generated texts whose deciding tokens are known (:func:`inputiba.datasets.synthetic_sentiment`).
+
+    ``seed`` 123 is held out from every bundled model's training texts
+    (seed 0); ``classes`` keeps only those classes (e.g. ``["negative",
+    "positive"]``, the texts that have evidence).
+    """
+    from .datasets import synthetic_sentiment
+
+    data = synthetic_sentiment(max(3 * n_samples, 3), seed=seed)
+    if classes is not None:
+        unknown = sorted(set(classes) - set(data.classes))
+        if unknown:
+            raise ValueError(f"[data] classes {unknown} unknown; known: {data.classes}")
+        data = data.subset([i for i, y in enumerate(data.labels) if data.classes[y] in classes])
+    return _first(data, n_samples)
+
+
+def _rotten_tomatoes_data(split: str = "test", start: int = 0, n_samples: int | None = 200,
+                          path: str | None = None) -> Any:
+    """Rotten Tomatoes reviews, split as every training script of the project splits them (20 % test, seed 0)."""
+    from .datasets import rotten_tomatoes
+
+    if split not in ("train", "test"):
+        raise ValueError(f"[data] split must be 'train' or 'test', got {split!r}")
+    train, test = rotten_tomatoes(path).split(0.2, seed=0)
+    return _first(test if split == "test" else train, n_samples, start)
+
+
+def _imdb_data(root: str, split: str = "test", start: int = 0, n_samples: int | None = 200) -> Any:
+    """IMDb reviews from a local ``aclImdb`` folder (:func:`inputiba.datasets.imdb`)."""
+    from .datasets import imdb
+
+    return _first(imdb(root, split), n_samples, start)
+
+
+def _text_file_data(path: str, text: str = "text", label: str = "label", classes: Sequence[str] | None = None,
+                    start: int = 0, n_samples: int | None = None) -> Any:
+    """Your own texts: a CSV, TSV or JSON-lines file with a text and a label column.
+
+    Labels are class indices or class names; names are looked up in
+    ``classes`` (default: the model's classes). Texts are split into words
+    by :func:`inputiba.text.tokenize`.
+    """
+    from .datasets import TextDataset
+    from .text import tokenize
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"[data] path {p} is not a file")
+    with open(p, encoding="utf-8", newline="") as f:
+        if p.suffix in (".jsonl", ".json"):
+            rows = []
+            for k, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{p}, line {k}: not JSON ({err.msg})") from None
+        else:
+            rows = list(csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ","))
+    if not rows:
+        raise ValueError(f"{p} holds no text")
+    missing = [c for c in (text, label) if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{p} has no column {missing[0]!r}; it has {sorted(rows[0])}")
+    names = list(classes) if classes is not None else []
+    tokens, labels = [], []
+    for k, row in enumerate(rows):
+        value = str(row[label]).strip()
+        if value.lstrip("-").isdigit():
+            y = int(value)
+        elif value in names:
+            y = names.index(value)
+        else:
+            raise ValueError(f"{p}, text {k}: label {value!r} is neither a class index nor one of {names}")
+        if not 0 <= y < max(len(names), y + 1):
+            raise ValueError(f"{p}, text {k}: label {y} out of range for {len(names)} classes")
+        tokens.append(tokenize(str(row[text])))
+        labels.append(y)
+    empty = [k for k, t in enumerate(tokens) if not t]
+    if empty:
+        raise ValueError(f"{p}: text {empty[0]} is empty")
+    return _first(TextDataset(tokens, labels, names or [str(c) for c in range(max(labels) + 1)]), n_samples, start)
+
+
 #: Dataset loaders by ``[data] kind``; the other ``[data]`` keys are their
-#: keyword arguments. A loader returns a :class:`SampleSource`; one with
-#: boxes (a cluttered benchmark) yields ``(image, label, boxes)`` samples and
-#: so gets the bounding-box metrics.
-DATASETS: dict[str, Callable[..., SampleSource]] = {
+#: keyword arguments. An image loader returns a :class:`SampleSource`; one
+#: with boxes (a cluttered benchmark) yields ``(image, label, boxes)`` samples
+#: and so gets the bounding-box metrics. A text loader
+#: (:data:`TEXT_DATA_KINDS`) returns a :class:`~inputiba.datasets.TextDataset`,
+#: which :class:`TextSamples` encodes with the model's tokenizer; one with
+#: evidence (the synthetic task) gets the evidence metric.
+DATASETS: dict[str, Callable[..., Any]] = {
     "bundled": _bundled_data,
     "fashion_mnist": _fashion_mnist_data,
     "cluttered": _cluttered_data,
+    "synthetic_sentiment": _synthetic_sentiment_data,
+    "rotten_tomatoes": _rotten_tomatoes_data,
+    "imdb": _imdb_data,
+    "text_file": _text_file_data,
 }
+
+#: The ``[data]`` kinds of texts, for a ``[model] kind = "text"``.
+TEXT_DATA_KINDS = frozenset({"synthetic_sentiment", "rotten_tomatoes", "imdb", "text_file"})
+
+
+class TextSamples:
+    """A text dataset as the harness takes it: ``(ids, label, evidence, word_ids)`` per text.
+
+    Each text is encoded on its own by the model's tokenizer
+    (``checkpoint.encode``: a vocabulary's words or a transformer's
+    subwords, special tokens included), so its ids do not depend on the
+    others. ``evidence`` holds the positions of the tokens of its deciding
+    words (every subword of each), empty where none are known.
+
+    Args:
+        data: a :class:`~inputiba.datasets.TextDataset`.
+        checkpoint: a text model of :func:`inputiba.models.load_text_model`
+            (anything with ``encode(texts, max_length)``).
+        max_length: cut longer texts to this many tokens (special tokens
+            included); evidence past the cut is dropped.
+    """
+
+    def __init__(self, data: Any, checkpoint: Any, max_length: int | None = None) -> None:
+        if len(data) == 0:
+            raise ValueError("the text dataset is empty")
+        self.data, self.checkpoint, self.max_length = data, checkpoint, max_length
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, list[int], list[int]]:
+        """``(ids, label, evidence, word_ids)``: ``word_ids`` the word of each token, ``-1`` for special ones."""
+        enc = self.checkpoint.encode([self.data.tokens[index]], self.max_length)
+        ids = enc.ids[0, :len(enc.tokens[0])].clone()
+        words = set(self.data.evidence[index]) if self.data.evidence else set()
+        evidence = [t for t, w in enumerate(enc.word_ids[0]) if w is not None and w in words]
+        word_ids = [-1 if w is None else int(w) for w in enc.word_ids[0]]
+        return ids, int(self.data.labels[index]), evidence, word_ids
 
 
 def load_dataset(kind: str, **settings: Any) -> SampleSource:
@@ -1015,7 +1415,10 @@ class EvaluationConfig:
 
     Attributes:
         model: ``arch``, ``weights`` and ``num_classes`` for
-            :func:`inputiba.models.load_model`.
+            :func:`inputiba.models.load_model`; or, with ``kind = "text"``,
+            ``checkpoint`` (an LSTM file or a transformer folder for
+            :func:`inputiba.models.load_text_model`; ``"bundled"``: the
+            bundled Rotten Tomatoes LSTM) and ``max_length``.
         data: ``kind`` and the settings of its loader (:data:`DATASETS`).
         methods: the methods to evaluate.
         harness: the :class:`HarnessConfig`.
@@ -1031,7 +1434,8 @@ class EvaluationConfig:
     progress: bool = True
 
 
-_MODEL_KEYS = {"arch", "weights", "num_classes"}
+_MODEL_KEYS = {"kind", "arch", "weights", "num_classes"}
+_TEXT_MODEL_KEYS = {"kind", "checkpoint", "max_length"}
 _RUN_KEYS = {"out_dir", "seed", "batch_size", "metric_batch_size", "prepare_samples", "device", "progress"}
 
 
@@ -1046,8 +1450,9 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> EvaluationConfig:
     """An :class:`EvaluationConfig` from the parsed contents of a configuration file.
 
     Sections: ``[model]`` (``arch``, ``weights``: a file, ``"bundled"`` or
-    ``"hub"``, optional ``num_classes``); ``[data]`` (``kind`` and its
-    loader's settings); ``[[methods]]`` (``name``, optional ``label`` and a
+    ``"hub"``, optional ``num_classes``; or ``kind = "text"`` with
+    ``checkpoint`` and optional ``max_length``); ``[data]`` (``kind`` and its
+    loader's settings; a text model takes a kind of :data:`TEXT_DATA_KINDS`); ``[[methods]]`` (``name``, optional ``label`` and a
     ``settings`` table); ``[metrics]`` (one table per metric to run, with its
     settings; absent: every metric with its defaults); ``[run]`` (the
     :class:`HarnessConfig` fields but ``metrics``, plus ``device`` and
@@ -1058,14 +1463,27 @@ def evaluation_from_dict(data: Mapping[str, Any]) -> EvaluationConfig:
     """
     _check_keys(data, {"model", "data", "methods", "metrics", "run"}, "top level")
     model, run = dict(_table(data, "model")), dict(_table(data, "run"))
-    _check_keys(model, _MODEL_KEYS, "model")
-    if "arch" not in model:
+    model.setdefault("kind", "image")
+    if model["kind"] not in ("image", "text"):
+        raise ValueError(f"[model] kind must be 'image' or 'text', got {model['kind']!r}")
+    text = model["kind"] == "text"
+    _check_keys(model, _TEXT_MODEL_KEYS if text else _MODEL_KEYS, "model")
+    if text:
+        if "checkpoint" not in model:
+            raise ValueError("[model] kind = \"text\" needs checkpoint (an LSTM file, a transformer folder "
+                             "or \"bundled\")")
+    elif "arch" not in model:
         raise ValueError("[model] needs arch (e.g. arch = \"fashion_cnn\")")
-    model.setdefault("weights", None)
+    else:
+        model.setdefault("weights", None)
     data_settings = dict(_table(data, "data"))
     kind = data_settings.pop("kind", None)
     if kind not in DATASETS:
         raise ValueError(f"[data] kind must be one of {sorted(DATASETS)}, got {kind!r}")
+    if text != (kind in TEXT_DATA_KINDS):
+        wanted = sorted(TEXT_DATA_KINDS) if text else sorted(set(DATASETS) - TEXT_DATA_KINDS)
+        raise ValueError(f"[data] kind {kind!r} does not suit a{' text' if text else 'n image'} model; use one of "
+                         f"{wanted}")
     _check_keys(data_settings, set(inspect.signature(DATASETS[kind]).parameters), f"data kind={kind}")
     entries = data.get("methods")
     if not isinstance(entries, list) or not entries:
@@ -1093,9 +1511,18 @@ def load_evaluation(path: str | os.PathLike) -> EvaluationConfig:
 
 def run_evaluation(config: EvaluationConfig) -> HarnessResult:
     """Load the model and data of ``config`` and run :func:`run_harness`."""
-    from .models import load_model
+    from .models import load_model, load_text_model
 
-    model = load_model(config.model["arch"], config.model["weights"], config.model.get("num_classes"))
     data = dict(config.data)
-    dataset = load_dataset(data.pop("kind"), **data)
+    kind = data.pop("kind")
+    if config.model.get("kind", "image") == "text":
+        path = config.model["checkpoint"]
+        ck = load_text_model(None if path == "bundled" else path, config.device)
+        if kind == "text_file":
+            data.setdefault("classes", list(ck.classes))
+        dataset = TextSamples(load_dataset(kind, **data), ck, config.model.get("max_length"))
+        return run_harness(ck.model, dataset, config.methods, config.harness, config.progress,
+                           input_layer=ck.input_layer)
+    model = load_model(config.model["arch"], config.model["weights"], config.model.get("num_classes"))
+    dataset = load_dataset(kind, **data)
     return run_harness(model.to(config.device), dataset, config.methods, config.harness, config.progress)

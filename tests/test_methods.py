@@ -25,7 +25,8 @@ ALL = ["contrastive_excitation_backprop", "deconvolution", "deeplift_shap", "exc
        "information", "inputiba", "integrated_gradients", "linear_approximation", "lrp", "multi_iba",
        "occlusion", "occlusion_14", "random", "readout_iba", "rise", "smoothgrad"]
 STOCHASTIC = ["smoothgrad", "rise", "random", "deeplift_shap", "iba"]
-TEXT_ONLY = ["lime"]  # tests/test_nlp.py covers it
+TEXT_ONLY = ["lime", "token_gradient", "token_gradient_x_input", "token_integrated_gradients",
+             "token_occlusion"]  # tests/test_nlp.py and tests/test_harness_text.py cover them
 
 
 class SmallCNN(nn.Module):

@@ -10,12 +10,14 @@ treat them alike::
     heat = method.attribute(x, target=y)             # (B, H, W), in method.unit
 
 Each class states its unit, its reduction over channels and its sign. Text
-methods (``"lime"``, and ``"iba"`` / ``"inputiba"`` given ``input_layer=``)
-take ``(B, T)`` token ids and return ``(B, T)`` scores, 0 at padding. The
+methods (``"lime"``, ``"token_gradient"``, ``"token_gradient_x_input"``,
+``"token_integrated_gradients"``, ``"token_occlusion"``, and ``"random"`` /
+``"iba"`` / ``"inputiba"`` given ``input_layer=``) take ``(B, T)`` token ids
+and return ``(B, T)`` scores, 0 at padding. The
 Captum baselines need ``captum`` (``pip install 'inputiba[baselines]'``);
 everything else needs only PyTorch.
 """
-from .base import AttributionMethod, available_methods, get_method, register
+from .base import AttributionMethod, available_methods, get_method, method_class, register
 from .captum_methods import (LRP, CaptumMethod, Deconvolution, DeepLiftShap, GradCAM, Gradient,
                              GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, SmoothGrad)
 from .excitation import ContrastiveExcitationBackprop, ExcitationBackprop
@@ -24,12 +26,13 @@ from .family import InformationMethod, MultiIBAMethod, ReadoutIBAMethod
 from .iba_methods import IBAMethod, InputIBAMethod
 from .rise import RISE
 from .simple import LinearApproximation, Random
-from .text import LimeText
+from .text import LimeText, TokenGradient, TokenGradientInput, TokenIntegratedGradients, TokenMethod, TokenOcclusion
 
 __all__ = [
     "AttributionMethod",
     "available_methods",
     "get_method",
+    "method_class",
     "register",
     "CaptumMethod",
     "Gradient",
@@ -50,6 +53,11 @@ __all__ = [
     "Random",
     "IBAMethod",
     "InputIBAMethod",
+    "TokenMethod",
+    "TokenGradient",
+    "TokenGradientInput",
+    "TokenIntegratedGradients",
+    "TokenOcclusion",
     "LimeText",
     "ReadoutIBAMethod",
     "MultiIBAMethod",

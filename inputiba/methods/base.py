@@ -216,10 +216,8 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str, model: nn.Module, **settings) -> AttributionMethod:
-    """Build the method registered as ``name`` for ``model``.
-
-    ``settings`` override the method's (and the name's) defaults.
+def method_class(name: str) -> type:
+    """The class registered as ``name``.
 
     Raises:
         ValueError: unknown name; close names are listed.
@@ -228,7 +226,18 @@ def get_method(name: str, model: nn.Module, **settings) -> AttributionMethod:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown attribution method {name!r}{hint} Known: {', '.join(available_methods())}")
-    cls, defaults = _REGISTRY[name]
+    return _REGISTRY[name][0]
+
+
+def get_method(name: str, model: nn.Module, **settings) -> AttributionMethod:
+    """Build the method registered as ``name`` for ``model``.
+
+    ``settings`` override the method's (and the name's) defaults.
+
+    Raises:
+        ValueError: unknown name; close names are listed.
+    """
+    cls, defaults = method_class(name), _REGISTRY[name][1]
     method = cls(model, **{**defaults, **settings})
     method.name = name
     return method

@@ -15,24 +15,42 @@ __all__ = ["Random", "LinearApproximation"]
 class Random(AttributionMethod):
     """The random baseline: uniform noise in ``[0, 1)``, independent of the model.
 
-    Each image gets its own draw from its own stream (:mod:`inputiba.seeding`),
-    so its map does not depend on the rest of the batch. ``(B, H, W)``, no unit.
+    Each input gets its own draw from its own stream (:mod:`inputiba.seeding`),
+    so its map does not depend on the rest of the batch. ``(B, H, W)``, no
+    unit. Given ``input_layer`` (a text model's embedding layer) it scores
+    ``(B, T)`` token ids instead, 0 at padding and special tokens, a text's
+    scores not depending on its padding.
 
     Args:
         seed: an int (input ``i`` of a call gets ``input_seed(seed, i)``), one
             seed per input, or ``None`` (fresh noise at every call).
+        input_layer: the embedding layer of a text classifier.
+        pad_index: the padding id of token ids (default: the model's or the embedding's).
     """
 
     unit = "uniform noise in [0, 1) (no meaning)"
     per_input_seeds = True
 
-    def __init__(self, model: nn.Module, seed: Seeds = 0) -> None:
+    def __init__(self, model: nn.Module, seed: Seeds = 0, *, input_layer: str | nn.Module | None = None,
+                 pad_index: int | None = None) -> None:
         super().__init__(model)
         self.seed = seed
+        self.tokens = None
+        if input_layer is not None:
+            from ..adapters import TokenAdapter
+
+            self.tokens = TokenAdapter(model, input_layer, pad_index)
+            self.modality, self.pad_index = "tokens", self.tokens.pad_index
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        streams = InputStreams(input_seeds(self.seed, x.shape[0]), "cpu")
+        if self.tokens is not None:  # a stream's first T draws do not depend on how many follow
+            from ..evaluation import movable_tokens
+
+            u = streams.rand(x.shape[1]).to(x.device)
+            return u * movable_tokens(x, self.pad_index, self.tokens.special_ids)
         B, _, H, W = x.shape
-        return InputStreams(input_seeds(self.seed, B), "cpu").rand(H, W).to(device=x.device, dtype=x.dtype)
+        return streams.rand(H, W).to(device=x.device, dtype=x.dtype)
 
 
 def layer_activation_and_gradient(model: nn.Module, layer: str, x: Tensor,
