@@ -199,9 +199,9 @@ def load_fashion_cnn(path: str | os.PathLike | None = None) -> FashionCNN:
 def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
     """An untrained model by architecture name.
 
-    ``"fashion_cnn"``, ``"cluttered_vgg"`` and ``"cluttered_vit"`` are the
-    bundled :class:`FashionCNN`, :class:`ClutteredVGG` and
-    :func:`cluttered_vit`; ``"timm:<name>"`` is a ``timm`` model
+    ``"fashion_cnn"``, ``"cluttered_vgg"``, ``"cluttered_vit"`` and
+    ``"cluttered_convnext"`` are the bundled :class:`FashionCNN`,
+    :class:`ClutteredVGG`, :func:`cluttered_vit` and :func:`cluttered_convnext`; ``"timm:<name>"`` is a ``timm`` model
     (``"timm:vit_small_patch16_224"``, ``"timm:convnext_tiny"``; needs
     ``timm``); any other name is a torchvision architecture (``"vgg16"``,
     ``"resnet50"``, ...). All are built without weights.
@@ -225,7 +225,8 @@ def build_model(arch: str, num_classes: int | None = None) -> nn.Module:
             hint = f"; close names: {', '.join('timm:' + c for c in close)}" if close else ""
             raise ValueError(f"unknown timm architecture {name!r}{hint}")
         return timm.create_model(name, pretrained=False, **kwargs)
-    ours = {"fashion_cnn": FashionCNN, "cluttered_vgg": ClutteredVGG, "cluttered_vit": cluttered_vit}
+    ours = {"fashion_cnn": FashionCNN, "cluttered_vgg": ClutteredVGG, "cluttered_vit": cluttered_vit,
+            "cluttered_convnext": cluttered_convnext}
     if arch in ours:
         return ours[arch](**kwargs)
     names = torchvision.models.list_models()
@@ -291,8 +292,9 @@ def load_model(arch: str, weights: str | os.PathLike | None, num_classes: int | 
             ``"hub"`` for the default weights already in the torch hub cache
             (torchvision) or the Hugging Face cache (``timm:`` models)
             (:func:`hub_weights_path`); ``"bundled"`` for the shipped weights
-            (``arch`` ``"fashion_cnn"``, ``"cluttered_vgg"`` or
-            ``"cluttered_vit"``); ``None`` keeps random weights.
+            (``arch`` ``"fashion_cnn"``, ``"cluttered_vgg"``,
+            ``"cluttered_vit"`` or ``"cluttered_convnext"``); ``None`` keeps
+            random weights.
         num_classes: output classes, when not the architecture's default.
     """
     model = build_model(arch, num_classes)
@@ -300,7 +302,7 @@ def load_model(arch: str, weights: str | os.PathLike | None, num_classes: int | 
         weights = hub_weights_path(arch)
     elif weights == "bundled":
         bundled = {"fashion_cnn": "fashion_mnist_cnn.pt", "cluttered_vgg": "cluttered_vgg.pt",
-                   "cluttered_vit": "cluttered_vit.pt"}
+                   "cluttered_vit": "cluttered_vit.pt", "cluttered_convnext": "cluttered_convnext.pt"}
         if arch not in bundled:
             raise ValueError(f"weights='bundled' exists only for arch in {sorted(bundled)}")
         weights = pretrained_path(bundled[arch])
@@ -548,7 +550,8 @@ def load_cluttered_vgg(path: str | os.PathLike | None = None) -> ClutteredVGG:
     return model.eval()
 
 
-__all__ += ["CLUTTERED_VIT", "cluttered_vit", "load_cluttered_vit"]
+__all__ += ["CLUTTERED_VIT", "cluttered_vit", "load_cluttered_vit", "CLUTTERED_CONVNEXT", "cluttered_convnext",
+            "load_cluttered_convnext"]
 
 #: The bundled vision transformer of the cluttered benchmark (``timm``'s
 #: ``VisionTransformer``): 64 x 64 grey canvases in 8 x 8 patches (an 8 x 8
@@ -578,6 +581,40 @@ def load_cluttered_vit(path: str | os.PathLike | None = None) -> nn.Module:
     """
     model = cluttered_vit()
     load_state(model, cluttered_file("cluttered_vit.pt") if path is None else path)
+    return model.eval()
+
+
+#: The bundled ConvNeXt of the cluttered benchmark (``timm``'s ``ConvNeXt``):
+#: 64 x 64 grey canvases, a 4 x 4 patch stem, four stages of two blocks at
+#: widths 24, 48, 96 and 192 and resolutions 16, 8, 4 and 2. No layer scale
+#: (``ls_init_value=None``): eight blocks train without it, and every
+#: parameter then has a re-initialiser, as the sanity check needs.
+CLUTTERED_CONVNEXT = dict(in_chans=1, num_classes=10, depths=(2, 2, 2, 2), dims=(24, 48, 96, 192),
+                          ls_init_value=None)
+
+
+def cluttered_convnext(**overrides) -> nn.Module:
+    """A new, untrained :data:`CLUTTERED_CONVNEXT` (needs ``timm``: ``pip install 'inputiba[timm]'``)."""
+    try:
+        from timm.models.convnext import ConvNeXt
+    except ImportError as err:
+        raise ImportError("the cluttered ConvNeXt needs the optional dependency: pip install 'inputiba[timm]'") \
+            from err
+    return ConvNeXt(**{**CLUTTERED_CONVNEXT, **overrides})
+
+
+def load_cluttered_convnext(path: str | os.PathLike | None = None) -> nn.Module:
+    """The bundled cluttered-benchmark ConvNeXt in eval mode with trained weights.
+
+    Its preset bottleneck (:data:`inputiba.pipeline.PRESETS`) is the output
+    of ``stages.1``: ``(48, 8, 8)``, at 1/8 of the canvas as ClutteredVGG's.
+
+    Args:
+        path: state-dict file; ``None`` takes ``pretrained/cluttered_convnext.pt``
+            (written by ``pretrained/train_cluttered.py --arch convnext``).
+    """
+    model = cluttered_convnext()
+    load_state(model, cluttered_file("cluttered_convnext.pt") if path is None else path)
     return model.eval()
 
 

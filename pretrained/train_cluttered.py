@@ -23,7 +23,10 @@ Writes to ``--out-dir``, each file atomically:
 With ``--arch vit`` the model is :func:`inputiba.models.cluttered_vit` (AdamW,
 weight decay 0.05) and the files are ``cluttered_vit.pt``,
 ``cluttered_vit_stats.pt`` (at its preset layer, ``blocks.2``) and
-``cluttered_vit.json``; the shipped examples are not rewritten.
+``cluttered_vit.json``; the shipped examples are not rewritten. ``--arch
+convnext`` is :func:`inputiba.models.cluttered_convnext` in the same way
+(AdamW, weight decay 0.05; preset layer ``stages.1``), files
+``cluttered_convnext*``.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from inputiba import IBA
 from inputiba.cluttered import (CLUTTERED_MEAN, CLUTTERED_STD, ClutteredFashionMNIST, normalize_canvases,
                                 save_examples)
 from inputiba.io import atomic_path
-from inputiba.models import CLUTTERED_LAYER, ClutteredVGG, cluttered_vit
+from inputiba.models import CLUTTERED_LAYER, ClutteredVGG, cluttered_convnext, cluttered_vit
 from inputiba.pipeline import preset_for
 
 N_STATS_SAMPLES = 1000
@@ -55,7 +58,7 @@ N_SHIPPED_EXAMPLES = 8
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="data/", help="data folder (FashionMNIST/raw/ inside)")
-    parser.add_argument("--arch", choices=["vgg", "vit"], default="vgg")
+    parser.add_argument("--arch", choices=["vgg", "vit", "convnext"], default="vgg")
     parser.add_argument("--n-train", type=int, default=100_000, help="train canvases")
     parser.add_argument("--n-test", type=int, default=2000, help="test canvases")
     parser.add_argument("--epochs", type=int, default=4)
@@ -130,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
 
     shuffled = DataLoader(TensorDataset(train_images, train_labels), batch_size=args.batch_size,
                           shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    if args.arch == "vit":
-        model, layer, name = cluttered_vit(), preset_for(cluttered_vit())["layer"], "cluttered_vit"
+    if args.arch in ("vit", "convnext"):
+        make = cluttered_vit if args.arch == "vit" else cluttered_convnext
+        model, layer, name = make(), preset_for(make())["layer"], f"cluttered_{args.arch}"
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     else:
         model, layer, name = ClutteredVGG(), CLUTTERED_LAYER, "cluttered_vgg"
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "schedule": ("AdamW (weight decay 0.05)" if args.arch == "vit" else "Adam")
+        "schedule": ("Adam" if args.arch == "vgg" else "AdamW (weight decay 0.05)")
                     + ", cosine decay to 0 over all steps",
         "arch": args.arch,
         "canvas_config": asdict(train_set.config),

@@ -161,14 +161,30 @@ def test_attribute_script_takes_a_timm_architecture(tmp_path):
     assert bad.returncode == 2 and "unknown timm architecture" in bad.stderr
 
 
-def test_bundled_vit_loads_and_classifies_the_shipped_canvases_as_recorded():
+@pytest.mark.parametrize("arch", ["cluttered_vit", "cluttered_convnext"])
+def test_bundled_transformer_and_convnext_classify_the_shipped_canvases_as_recorded(arch):
     import json
 
     from inputiba.cluttered import bundled_canvases
     from inputiba.models import load_model
 
-    vit = load_model("cluttered_vit", "bundled")
+    model = load_model(arch, "bundled")
     _, x, labels, _ = bundled_canvases()
     with torch.no_grad():
-        right = int((vit(x).argmax(1) == labels).sum())
-    assert right == json.loads((ROOT / "pretrained" / "cluttered_vit.json").read_text())["examples_correct"]
+        right = int((model(x).argmax(1) == labels).sum())
+    info = json.loads((ROOT / "pretrained" / f"{arch}.json").read_text())
+    assert right == info["examples_correct"]
+    stats = torch.load(ROOT / "pretrained" / f"{arch}_stats.pt", weights_only=True)
+    assert info["layer"] == preset_for(model)["layer"] and isinstance(stats, dict)
+
+
+def test_the_convnext_benchmark_can_randomise_every_layer_it_names():
+    from inputiba.config import read_data_file
+    from inputiba.evaluation import _resettable
+    from inputiba.models import cluttered_convnext
+
+    model = cluttered_convnext()
+    layers = read_data_file(ROOT / "configs" / "benchmark_cluttered_convnext.toml")["metrics"]["sanity"]["layers"]
+    found = [m for name in layers for m in _resettable(model.get_submodule(name), name)]
+    covered = {id(p) for m in found for p in m.parameters(recurse=False)}
+    assert covered == {id(p) for p in model.parameters()}  # the cascade reaches every parameter

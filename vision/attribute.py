@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("inputs", help="an image file, a folder of images, or an ImageFolder tree")
     p.add_argument("--arch", required=True,
                    help="torchvision architecture name, timm:<name> (a timm model, e.g. timm:convnext_tiny), "
-                        "or a bundled model: fashion_cnn, cluttered_vgg, cluttered_vit")
+                        "or a bundled model: fashion_cnn, cluttered_vgg, cluttered_vit, cluttered_convnext")
     p.add_argument("--weights", default=None,
                    help="state-dict file (.pt/.pth or .safetensors), 'hub' (weights already in the torch hub "
                         "cache, or for timm: models the Hugging Face cache; nothing is downloaded) or 'bundled'")
