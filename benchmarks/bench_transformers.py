@@ -135,7 +135,7 @@ def main() -> None:
         from matplotlib.figure import Figure
 
         bars = [(m, layer, w) for m, layer, w in where if "LSTM" not in m]
-        fig = Figure(figsize=(7.5, 3.2))
+        fig = Figure(figsize=(8.5, 3.2))
         ax = fig.subplots()
         labels_x = [f"{'syn.' if m.startswith('synthetic') else 'RT'} {layer.rsplit('.', 1)[-1]}"
                     for m, layer, _ in bars]
@@ -148,7 +148,7 @@ def main() -> None:
         ax.set_ylabel("share of the bits")
         ax.set_xlabel("model and encoder layer of the feature bottleneck")
         ax.set_title("Where a transformer's feature bottleneck finds information")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars, never on one
         fig.tight_layout()
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.figure, dpi=110)

@@ -158,7 +158,7 @@ def test_build_and_load_models_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with pytest.raises(FileNotFoundError, match="not in the torch hub cache.*resnet18"):
         hub_weights_path("resnet18")
-    with pytest.raises(ValueError, match=r"only for arch in \['cluttered_vgg', 'cluttered_vit', 'fashion_cnn'\]"):
+    with pytest.raises(ValueError, match=r"only for arch in \['cluttered_convnext', 'cluttered_vgg', 'cluttered_vit', 'fashion_cnn'\]"):
         load_model("resnet18", "bundled")
     assert load_model("fashion_cnn", "bundled")(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
