@@ -59,7 +59,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence
 
@@ -1510,7 +1510,12 @@ def load_evaluation(path: str | os.PathLike) -> EvaluationConfig:
 
 
 def run_evaluation(config: EvaluationConfig) -> HarnessResult:
-    """Load the model and data of ``config`` and run :func:`run_harness`."""
+    """Load the model and data of ``config`` and run :func:`run_harness`.
+
+    A text model's data are encoded by :class:`TextSamples`; when no text has
+    known evidence (a corpus) and ``[metrics]`` is not given, the metrics are
+    token deletion and insertion only.
+    """
     from .models import load_model, load_text_model
 
     data = dict(config.data)
@@ -1520,9 +1525,13 @@ def run_evaluation(config: EvaluationConfig) -> HarnessResult:
         ck = load_text_model(None if path == "bundled" else path, config.device)
         if kind == "text_file":
             data.setdefault("classes", list(ck.classes))
-        dataset = TextSamples(load_dataset(kind, **data), ck, config.model.get("max_length"))
-        return run_harness(ck.model, dataset, config.methods, config.harness, config.progress,
-                           input_layer=ck.input_layer)
+        texts = load_dataset(kind, **data)
+        harness = config.harness
+        if harness.metrics is None and not any(texts.evidence):  # a corpus: no text has known evidence
+            harness = replace(harness, metrics={name: m for name, m in metrics_for("tokens").items()
+                                                if name != "evidence"})
+        dataset = TextSamples(texts, ck, config.model.get("max_length"))
+        return run_harness(ck.model, dataset, config.methods, harness, config.progress, input_layer=ck.input_layer)
     model = load_model(config.model["arch"], config.model["weights"], config.model.get("num_classes"))
     dataset = load_dataset(kind, **data)
     return run_harness(model.to(config.device), dataset, config.methods, config.harness, config.progress)

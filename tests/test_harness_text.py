@@ -303,6 +303,19 @@ def test_cli_evaluates_a_text_model_from_a_config_file(tmp_path, capsys):
     assert exact("inputiba") >= 0.75 > exact("random")  # the planted words, on 4 texts
 
 
+def test_your_own_text_file_is_evaluated_without_evidence_columns(tmp_path):
+    from inputiba.harness import run_evaluation
+
+    texts = tmp_path / "mine.csv"
+    texts.write_text("text,label\nan excellent film with a superb cast,positive\nthe plot is awful,negative\n",
+                     encoding="utf-8")
+    config = text_config(tmp_path)
+    config["data"] = {"kind": "text_file", "path": str(texts)}
+    result = run_evaluation(evaluation_from_dict(config))
+    assert [c.key for c in result.columns] == ["token_deletion", "token_insertion"]
+    assert result.table["inputiba"]["token_deletion"].n == 2
+
+
 @pytest.mark.parametrize("change, named", [
     (lambda c: c["data"].update(kind="cluttered"), "does not suit a text model"),
     (lambda c: c["model"].pop("checkpoint"), "needs checkpoint"),
