@@ -1,4 +1,4 @@
-"""Explain a text classifier's decisions token by token, with InputIBA or IBA.
+"""Explain a text classifier's decisions token by token, with InputIBA or IBA (or a baseline, to compare).
 
 The classifier is one of this project's LSTM checkpoints or a Hugging Face
 transformer folder (``save_pretrained``; loaded from disk only, with its
@@ -20,6 +20,7 @@ Examples::
     echo "dull and far too long" | python nlp/explain.py --method iba
     python nlp/explain.py --checkpoint pretrained/synthetic_sentiment_lstm.pt "the plot was superb"
     python nlp/explain.py --checkpoint pretrained/rotten_tomatoes_bert --words "an unwatchable mess"
+    python nlp/explain.py --method token_integrated_gradients "dull and far too long"   # a baseline
 
 The bundled checkpoints ship with their statistics (``..._stats.pt`` beside
 an LSTM file, ``inputiba_stats.pt`` inside a model folder), so nothing else
@@ -63,6 +64,23 @@ from inputiba.text import (PER_TEXT, TokenScores, colour_scale, render_html, ren
                            terminal_legend, tokenize)
 
 
+#: The token baselines ``--method`` also takes (:mod:`inputiba.methods.text`).
+BASELINES = ("token_gradient", "token_gradient_x_input", "token_integrated_gradients", "token_occlusion", "lime")
+
+
+class Baseline:
+    """A token baseline behind the call ``explainer.attribute(ids, target=..., seed=...)`` of the bottlenecks."""
+
+    def __init__(self, name: str, model, input_layer: str) -> None:
+        from inputiba.methods import get_method
+
+        self.method = get_method(name, model, input_layer=input_layer)
+
+    def attribute(self, ids, target, seed=None):
+        """The method's ``(B, T)`` scores (``seed`` is not used: these methods draw nothing per text)."""
+        return self.method.attribute(ids, target)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("texts", nargs="*", help="texts to explain (default: --file, else standard input)")
@@ -70,7 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None,
                    help="LSTM checkpoint file or Hugging Face model folder "
                         "(default: the bundled Rotten Tomatoes LSTM)")
-    p.add_argument("--method", choices=["inputiba", "iba"], default="inputiba")
+    p.add_argument("--method", choices=["inputiba", "iba", *BASELINES], default="inputiba",
+                   help="inputiba (default), iba (the feature bottleneck's bits), or a token baseline to "
+                        "compare with (lime and token_integrated_gradients need captum)")
     p.add_argument("--layer", default=None,
                    help="feature bottleneck layer (default: the LSTM below the top one; for a transformer "
                         "the encoder layer halfway up)")
@@ -130,6 +150,8 @@ def resolve_target(target: str, classes: list[str], n: int):
 
 def build_explainer(args, checkpoint):
     model = checkpoint.model.to(args.device)
+    if args.method in BASELINES:
+        return Baseline(args.method, model, checkpoint.input_layer)
     layer = args.layer or checkpoint.feature_layer
     if args.method == "iba":
         overrides = {} if args.beta is None else {"beta": args.beta}
@@ -189,14 +211,15 @@ def main(argv=None) -> int:
         raise UsageError(f"--target {args.target} is out of range for {probs.shape[1]} classes")
     # each text's seed from its index among the texts given: dropping a failed one changes no other
     scores = explainer.attribute(ids, target=targets, seed=[input_seed(args.seed, i) for i in kept])
-    if args.words:  # masks: the share of each word kept; bits add up
+    if args.words:  # masks: the share of each word kept; bits and the baselines' contributions add up
         units, values = encoded.words, encoded.word_scores(scores, "mean" if args.method == "inputiba" else "sum")
     else:
         units, values = encoded.tokens, [scores[i, : len(tok)].tolist() for i, tok in enumerate(encoded.tokens)]
     items = [TokenScores(list(unit), value, checkpoint.classes[int(targets[i])], float(probs[i, targets[i]]))
              for i, (unit, value) in enumerate(zip(units, values))]
     # one colour scale for every text: the mask's [0, 1], or 0 .. the largest bits of the run
-    unit = "InputIBA mask in [0, 1]" if args.method == "inputiba" else "IBA, bits per token"
+    unit = {"inputiba": "InputIBA mask in [0, 1]", "iba": "IBA, bits per token"}.get(
+        args.method, getattr(explainer, "method", None) and f"{args.method}: {explainer.method.unit}")
     scale = PER_TEXT if args.per_text_scale else (0.0, 1.0) if args.method == "inputiba" else colour_scale(items)
     if not args.quiet:
         print(terminal_legend(scale, unit))

@@ -338,6 +338,16 @@ def test_train_then_explain_end_to_end(tmp_path):
     assert json.loads((tmp_path / "failures.jsonl").read_text())["key"] == "text:1"
 
 
+def test_explain_compares_with_a_token_baseline(tmp_path):
+    js = tmp_path / "o.json"
+    done = run_script("explain.py", "--checkpoint", "pretrained/synthetic_sentiment_lstm.pt", "--method",
+                      "token_occlusion", "--json", str(js), "the long film was awful in every scene")
+    assert done.returncode == 0, done.stderr
+    assert "token_occlusion: drop of the target logit" in done.stdout
+    (item,) = json.loads(js.read_text())
+    assert item["tokens"][max(range(len(item["scores"])), key=item["scores"].__getitem__)] == "awful"
+
+
 def test_train_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     import importlib.util
 
