@@ -158,7 +158,7 @@ class MetricBatch:
         batch_size: perturbed states per forward pass.
         tokens: text only: the :class:`~inputiba.adapters.TokenAdapter`
             (embedding layer, padding id, special tokens).
-        evidence: text only: ``(B, T)`` bool, the evidence tokens.
+        evidence: text only: ``(B, T)`` bool, the evidence tokens (on the inputs' device).
         word_ids: text only: ``(B, T)`` long, the word of each token (``-1``
             for special tokens and padding).
     """
@@ -507,11 +507,11 @@ class EvidenceMetric(Metric):
         B = batch.maps.shape[0]
         device = batch.maps.device
         precision = torch.full((B,), math.nan, dtype=torch.float64, device=device)
-        has = (batch.evidence.any(dim=1) if batch.evidence is not None
-               else torch.zeros(B, dtype=torch.bool)).to(device)
+        has = batch.evidence.any(dim=1) if batch.evidence is not None else torch.zeros(B, dtype=torch.bool,
+                                                                                         device=device)
         if has.any():
-            words = None if batch.word_ids is None else batch.word_ids[has.cpu()].to(device)
-            precision[has] = token_evidence(batch.maps[has], batch.inputs[has], batch.evidence[has.cpu()].to(device),
+            words = None if batch.word_ids is None else batch.word_ids[has]
+            precision[has] = token_evidence(batch.maps[has], batch.inputs[has], batch.evidence[has],
                                             batch.tokens.pad_index, batch.tokens.special_ids, words,
                                             self.reduce).to(torch.float64)
         exact = torch.where(has, (precision > 1 - 1e-9).to(torch.float64), precision)
@@ -860,8 +860,9 @@ def _evaluate_batch(method: AttributionMethod, spec: MethodSpec, model: nn.Modul
     device = model_device(model)
     x, y = collated.inputs.to(device), labels.to(device)
     maps = _attribute(method, spec, x, y, indices, config)
+    evidence, words = (None if t is None else t.to(device) for t in (collated.evidence, collated.word_ids))
     batch = MetricBatch(model, x, maps, y, collated.boxes, [input_seed(config.seed, i) for i in indices],
-                        config.metric_batch_size, tokens, collated.evidence, collated.word_ids)
+                        config.metric_batch_size, tokens, evidence, words)
     scores: dict[str, Tensor] = {}
     curves: dict[str, Tensor] = {}
     for metric in metrics:

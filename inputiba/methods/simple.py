@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..adapters import TokenAdapter
+from ..evaluation import movable_tokens
 from ..hooks import LayerNotReached, forward_hooks
 from ..seeding import InputStreams, Seeds, input_seeds
 from .base import AttributionMethod, layer_name, register, spatial_output, upsample
@@ -37,16 +39,12 @@ class Random(AttributionMethod):
         self.seed = seed
         self.tokens = None
         if input_layer is not None:
-            from ..adapters import TokenAdapter
-
             self.tokens = TokenAdapter(model, input_layer, pad_index)
             self.modality, self.pad_index = "tokens", self.tokens.pad_index
 
     def _attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         streams = InputStreams(input_seeds(self.seed, x.shape[0]), "cpu")
         if self.tokens is not None:  # a stream's first T draws do not depend on how many follow
-            from ..evaluation import movable_tokens
-
             u = streams.rand(x.shape[1]).to(x.device)
             return u * movable_tokens(x, self.pad_index, self.tokens.special_ids)
         B, _, H, W = x.shape
